@@ -1,0 +1,100 @@
+"""Every Redis key, TTL and environment variable of the protocol, in one place.
+
+All keys of a cluster share the prefix `dp:{name}:` so one SCAN finds (and deletes) them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Liveness timings (seconds). A worker refreshes its lease every HEARTBEAT_INTERVAL; the lease
+# lives WORKER_LEASE_TTL, so a SIGKILLed worker's tasks are re-queued within about that time.
+HEARTBEAT_INTERVAL = 1.0
+WORKER_LEASE_TTL = 10
+BLOCKING_POP_TIMEOUT = 1.0  # how long a claim blocks before the worker re-checks liveness
+BLOB_TTL = 24 * 3600  # content-addressed blobs outlive a cluster only if teardown failed
+
+# Environment contract between the driver/provider and a container entrypoint.
+ENV_CLUSTER = "DOCKERPARALLEL_CLUSTER"
+ENV_REDIS_HOST = "DOCKERPARALLEL_REDIS_HOST"
+ENV_REDIS_PORT = "DOCKERPARALLEL_REDIS_PORT"
+ENV_REDIS_PASSWORD = "DOCKERPARALLEL_REDIS_PASSWORD"
+ENV_REDIS_TLS = "DOCKERPARALLEL_REDIS_TLS"
+ENV_SIGNING_KEY = "DOCKERPARALLEL_CLUSTER_SECRET"
+ENV_SLOTS = "DOCKERPARALLEL_SLOTS"
+ENV_IDLE_TIMEOUT = "DOCKERPARALLEL_IDLE_TIMEOUT"
+ENV_WORKER_ID = "DOCKERPARALLEL_WORKER_ID"
+ENV_SSH_PUBLIC_KEY = "DOCKERPARALLEL_SSH_PUBLIC_KEY"
+SECRET_ENV_NAMES = frozenset({ENV_REDIS_PASSWORD, ENV_SIGNING_KEY})
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one cluster."""
+
+    cluster: str
+
+    @property
+    def prefix(self) -> str:
+        return f"dp:{self.cluster}:"
+
+    @property
+    def pattern(self) -> str:
+        return f"dp:{self.cluster}:*"
+
+    @property
+    def tasks(self) -> str:
+        """List of pending task envelopes (LPUSH in, BLMOVE out from the right)."""
+        return self.prefix + "tasks"
+
+    def processing(self, worker_id: str) -> str:
+        """Per-worker list holding the envelopes a worker has claimed but not acked."""
+        return self.prefix + "processing:" + worker_id
+
+    def lease(self, worker_id: str) -> str:
+        """Heartbeat key with TTL: while it exists the worker owns its processing list."""
+        return self.prefix + "lease:" + worker_id
+
+    @property
+    def workers(self) -> str:
+        """Set of worker ids that ever joined (the reaper scans it)."""
+        return self.prefix + "workers"
+
+    @property
+    def attempts(self) -> str:
+        """Hash task_id -> number of times the task was claimed."""
+        return self.prefix + "attempts"
+
+    @property
+    def results(self) -> str:
+        """List of signed result envelopes for the driver's listener."""
+        return self.prefix + "results"
+
+    @property
+    def driver(self) -> str:
+        """Driver heartbeat (dead-man's switch): workers and server exit when it is gone."""
+        return self.prefix + "driver"
+
+    @property
+    def meta(self) -> str:
+        """Hash of the driver's versions, checked by every joining worker."""
+        return self.prefix + "meta"
+
+    @property
+    def errors(self) -> str:
+        """List of worker-level errors (version mismatch, bad signature) for the driver to log."""
+        return self.prefix + "errors"
+
+    @property
+    def stopping(self) -> str:
+        """Set while the cluster tears down: workers exit at once."""
+        return self.prefix + "stopping"
+
+    @property
+    def retire(self) -> str:
+        """Counter of worker slots asked to exit (scale-down without killing busy workers)."""
+        return self.prefix + "retire"
+
+    def blob(self, digest: str) -> str:
+        """Content-addressed payload part (large arguments, task objects, contexts)."""
+        return self.prefix + "blob:" + digest

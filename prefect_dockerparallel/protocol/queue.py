@@ -1,0 +1,228 @@
+"""Queue operations on one cluster's keys: enqueue, leased claim, ack, requeue, results.
+
+Delivery is at-least-once: a claimed envelope sits in the claimer's processing list until it is
+acked; if the claimer's lease key expires first, `requeue_expired` moves the envelope back to the
+pending list (bounded by `max_attempts`) and reports the tasks that ran out of attempts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+import cloudpickle
+import redis
+
+from .keys import BLOB_TTL, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
+from .keys import WORKER_LEASE_TTL, Keys
+
+# Re-queue every envelope of workers whose lease expired. KEYS[1]=workers set, KEYS[2]=tasks,
+# KEYS[3]=attempts hash; ARGV[1]=key prefix, ARGV[2]=max attempts.
+# Returns a flat list: task_id, worker_id, outcome ("requeued" | "exhausted"), ...
+_REQUEUE_LUA = """
+local out = {}
+local workers = redis.call('SMEMBERS', KEYS[1])
+for _, wid in ipairs(workers) do
+  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. wid) == 0 then
+    local plist = ARGV[1] .. 'processing:' .. wid
+    local items = redis.call('LRANGE', plist, 0, -1)
+    for _, item in ipairs(items) do
+      local idlen = string.byte(item, 6)
+      local tid = string.sub(item, 7, 6 + idlen)
+      local n = redis.call('HINCRBY', KEYS[3], tid, 1)
+      if n >= tonumber(ARGV[2]) then
+        table.insert(out, tid); table.insert(out, wid); table.insert(out, 'exhausted')
+      else
+        redis.call('RPUSH', KEYS[2], item)
+        table.insert(out, tid); table.insert(out, wid); table.insert(out, 'requeued')
+      end
+    end
+    redis.call('DEL', plist)
+    redis.call('SREM', KEYS[1], wid)
+  end
+end
+return out
+"""
+
+
+def versions() -> dict[str, str]:
+    """Versions whose mismatch would corrupt an unpickle; Prefect's is added by the caller."""
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "cloudpickle": cloudpickle.__version__,
+        "platform": platform.machine(),
+    }
+
+
+def connect(host: str, port: int, password: str, tls: bool = False) -> redis.Redis:
+    """A client with timeouts long enough for blocking pops and short enough to notice death."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        password=password,
+        ssl=tls,
+        socket_timeout=30,
+        socket_connect_timeout=10,
+        health_check_interval=15,
+        decode_responses=False,
+    )
+
+
+def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
+    env = os.environ if env is None else env
+    return connect(
+        env[ENV_REDIS_HOST],
+        int(env[ENV_REDIS_PORT]),
+        env[ENV_REDIS_PASSWORD],
+        tls=env.get(ENV_REDIS_TLS, "") in ("1", "true"),
+    )
+
+
+@dataclass(frozen=True)
+class Requeued:
+    task_id: str
+    worker_id: str
+    exhausted: bool
+
+
+class TaskQueue:
+    """The protocol's Redis operations for one cluster; knows nothing of Prefect."""
+
+    def __init__(self, client: redis.Redis, cluster: str):
+        self.redis = client
+        self.keys = Keys(cluster)
+        self._requeue = client.register_script(_REQUEUE_LUA)
+
+    # -- driver side -------------------------------------------------------------------------
+    def publish_meta(self, meta: dict[str, str]) -> None:
+        self.redis.hset(self.keys.meta, mapping=meta)
+
+    def read_meta(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.meta).items()}
+
+    def enqueue(self, envelopes: list[bytes]) -> None:
+        """Push envelopes in one round trip (map batches them)."""
+        if envelopes:
+            self.redis.lpush(self.keys.tasks, *envelopes)
+
+    def put_blob(self, digest: str, body: bytes) -> bool:
+        """Store a content-addressed part once; returns False when it was already there."""
+        return bool(self.redis.set(self.keys.blob(digest), body, nx=True, ex=BLOB_TTL))
+
+    def beat_driver(self, ttl: float) -> None:
+        self.redis.set(self.keys.driver, b"1", px=int(ttl * 1000))
+
+    def pop_results(self, timeout: float, batch: int = 512) -> list[bytes]:
+        """Block up to `timeout` for the first result, then drain up to `batch` without waiting."""
+        first = self.redis.brpop([self.keys.results], timeout=timeout)
+        if first is None:
+            return []
+        more = self.redis.rpop(self.keys.results, batch) or []
+        return [first[1], *more]
+
+    def requeue_expired(self, max_attempts: int) -> list[Requeued]:
+        raw = self._requeue(
+            keys=[self.keys.workers, self.keys.tasks, self.keys.attempts],
+            args=[self.keys.prefix, max_attempts],
+        )
+        out = []
+        for i in range(0, len(raw), 3):
+            out.append(Requeued(raw[i].decode(), raw[i + 1].decode(), raw[i + 2] == b"exhausted"))
+        return out
+
+    def pending(self) -> int:
+        return int(self.redis.llen(self.keys.tasks))
+
+    def live_workers(self) -> int:
+        ids = self.redis.smembers(self.keys.workers)
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for wid in ids:
+            pipe.exists(self.keys.lease(wid.decode()))
+        return sum(pipe.execute())
+
+    def errors(self) -> list[str]:
+        pipe = self.redis.pipeline()
+        pipe.lrange(self.keys.errors, 0, -1)
+        pipe.delete(self.keys.errors)
+        raw, _ = pipe.execute()
+        return [e.decode(errors="replace") for e in raw]
+
+    def retire(self, slots: int) -> None:
+        """Ask `slots` idle worker slots to exit (graceful scale-down)."""
+        if slots > 0:
+            self.redis.incrby(self.keys.retire, slots)
+
+    def mark_stopping(self) -> None:
+        self.redis.set(self.keys.stopping, b"1", ex=3600)
+
+    def purge(self) -> int:
+        """Delete every key of this cluster; returns how many were removed."""
+        removed = 0
+        batch: list[bytes] = []
+        for key in self.redis.scan_iter(match=self.keys.pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            removed += self.redis.unlink(*batch)
+        return removed
+
+    # -- worker side -------------------------------------------------------------------------
+    def join(self, worker_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self.keys.lease(worker_id), b"1", ex=WORKER_LEASE_TTL)
+        pipe.sadd(self.keys.workers, worker_id)
+        pipe.execute()
+
+    def heartbeat(self, worker_id: str) -> tuple[bool, bool]:
+        """Refresh the lease; returns (driver_alive, stopping) in the same round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.lease(worker_id), b"1", ex=WORKER_LEASE_TTL)
+        pipe.sadd(self.keys.workers, worker_id)
+        pipe.exists(self.keys.driver)
+        pipe.exists(self.keys.stopping)
+        _, _, alive, stopping = pipe.execute()
+        return bool(alive), bool(stopping)
+
+    def claim(self, worker_id: str, timeout: float) -> bytes | None:
+        """Leased claim: atomically move one envelope into this worker's processing list."""
+        return self.redis.blmove(
+            self.keys.tasks, self.keys.processing(worker_id), timeout, src="RIGHT", dest="LEFT"
+        )
+
+    def ack(self, worker_id: str, envelope: bytes, result: bytes | None) -> None:
+        """Publish the result and drop the claim in one transaction."""
+        pipe = self.redis.pipeline(transaction=True)
+        if result is not None:
+            pipe.lpush(self.keys.results, result)
+        pipe.lrem(self.keys.processing(worker_id), 1, envelope)
+        pipe.execute()
+
+    def release(self, worker_id: str) -> None:
+        """Give claimed-but-unfinished envelopes back (SIGTERM, Fargate Spot reclaim)."""
+        plist = self.keys.processing(worker_id)
+        while self.redis.lmove(plist, self.keys.tasks, src="LEFT", dest="RIGHT"):
+            pass
+
+    def leave(self, worker_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.keys.lease(worker_id))
+        pipe.srem(self.keys.workers, worker_id)
+        pipe.execute()
+
+    def take_retirement(self) -> bool:
+        """True if this slot should exit because the cluster is scaling down."""
+        if int(self.redis.get(self.keys.retire) or 0) <= 0:
+            return False
+        return int(self.redis.decr(self.keys.retire)) >= 0
+
+    def get_blob(self, digest: str) -> bytes | None:
+        return self.redis.get(self.keys.blob(digest))
+
+    def report_error(self, message: str) -> None:
+        self.redis.rpush(self.keys.errors, message.encode())

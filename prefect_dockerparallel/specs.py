@@ -1,0 +1,179 @@
+"""Frozen value objects: the only currency between blocks, the cluster and providers.
+
+Providers never see Prefect blocks; blocks turn themselves into these with `to_spec()`.
+Secrets live in `ClusterSecrets`, whose repr never shows them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+
+DEFAULT_IMAGE = "prefecthq/prefect:3-python3.11"
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+def validate_cluster_name(name: str) -> str:
+    """Cluster names end up in Redis keys, AWS tags and Kubernetes labels: keep them DNS-safe."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"cluster name {name!r} is invalid: use 1-40 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (e.g. 'nightly-sweep')"
+        )
+    return name
+
+
+def new_cluster_name(prefix: str = "dp") -> str:
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What runs in each worker container (seed: DockerContainer)."""
+
+    image: str = DEFAULT_IMAGE
+    workers_per_container: int = 4
+    pip_packages: tuple[str, ...] = ()
+    system_packages: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    ssh_public_key: str | None = None
+    # Pip requirement that installs this package inside a stock image; None when the image has it.
+    install_self: str | None = "prefect-dockerparallel"
+
+    def __post_init__(self) -> None:
+        if self.workers_per_container < 1:
+            raise ValueError(
+                f"workers_per_container={self.workers_per_container} is invalid: it must be >= 1"
+            )
+
+    def startup_script(self, entrypoint: str = "worker") -> str:
+        """Shell run at container start: install packages, then exec the entrypoint.
+
+        Installing at start lets a stock image serve without a custom build (seed behaviour).
+        """
+        steps: list[str] = []
+        if self.system_packages and entrypoint == "worker":
+            pkgs = " ".join(_shell_word(p) for p in self.system_packages)
+            steps.append(f"apt-get update -qq && apt-get install -y -qq {pkgs}")
+        pip = [self.install_self] if self.install_self else []
+        if entrypoint == "worker":
+            pip += list(self.pip_packages)
+        if pip:
+            steps.append("pip install -q " + " ".join(_shell_word(p) for p in pip))
+        steps.append(f"exec python -m prefect_dockerparallel.{entrypoint}")
+        return " && ".join(steps)
+
+
+def _shell_word(word: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.,:=<>!~+/@\[\]-]+$", word):
+        raise ValueError(f"package name {word!r} contains characters that are not allowed")
+    return "'" + word + "'"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What the cluster should look like (seed: CloudConfig), plus identity for tags."""
+
+    name: str
+    container: ContainerSpec = field(default_factory=ContainerSpec)
+    workers: int = 1
+    worker_cpu: int = 1024
+    worker_memory: int = 2048
+    server_cpu: int = 256
+    server_memory: int = 512
+    idle_timeout: float = 60.0
+    tags: tuple[tuple[str, str], ...] = ()
+    flow_run_id: str | None = None
+    max_payload_bytes: int = 512 * 1024 * 1024
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        validate_cluster_name(self.name)
+        for fname in ("workers",):
+            value = getattr(self, fname)
+            if value < 0:
+                raise ValueError(f"{fname}={value} is invalid: the number of workers must be >= 0")
+        for fname in ("worker_cpu", "worker_memory", "server_cpu", "server_memory"):
+            value = getattr(self, fname)
+            if value <= 0:
+                raise ValueError(f"{fname}={value} is invalid: it must be a positive integer")
+        if self.idle_timeout < 5:
+            raise ValueError(f"idle_timeout={self.idle_timeout} is invalid: use at least 5 seconds")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts={self.max_attempts} is invalid: it must be >= 1")
+
+    def containers_for(self, workers: int) -> int:
+        """Number of worker containers that hold `workers` task slots."""
+        return math.ceil(workers / self.container.workers_per_container) if workers else 0
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Tags every cloud resource carries, so cleanup can find leftovers."""
+        out = {"dockerparallel-cluster": self.name}
+        if self.flow_run_id:
+            out["dockerparallel-flow-run"] = self.flow_run_id
+        out.update(dict(self.tags))
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    """Per-cluster random credentials; `repr` never prints them."""
+
+    redis_password: str = field(repr=False)
+    signing_key: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> "ClusterSecrets":
+        return cls(redis_password=secrets.token_urlsafe(32), signing_key=secrets.token_bytes(32))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """Where Redis is: as the driver reaches it, and as workers reach it."""
+
+    driver: Endpoint
+    workers: Endpoint
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerNumbers:
+    """Seed's getWorkerNumbers: worker slots expected / running / initializing."""
+
+    expected: int
+    running: int
+    initializing: int
+
+    def __str__(self) -> str:
+        return f"{self.expected} / {self.running} / {self.initializing}  (expected/running/initializing)"
+
+
+@dataclass(frozen=True)
+class ContainerCounts:
+    """What a provider sees of its worker containers."""
+
+    running: int
+    initializing: int
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """A cluster found in the cloud by its tags (for `clusters ls` / `cleanup`)."""
+
+    name: str
+    provider: str
+    flow_run_id: str | None
+    resources: tuple[str, ...]
+    alive: bool
