@@ -65,10 +65,9 @@ class Keys:
         """Hash task_id -> number of times the task was claimed."""
         return self.prefix + "attempts"
 
-    @property
-    def results(self) -> str:
-        """List of signed result envelopes for the driver's listener."""
-        return self.prefix + "results"
+    def results(self, listener: str) -> str:
+        """List of signed result envelopes for one listener (the driver, or a nested runner)."""
+        return self.prefix + "results:" + listener
 
     @property
     def driver(self) -> str:
@@ -98,3 +97,15 @@ class Keys:
     def blob(self, digest: str) -> str:
         """Content-addressed payload part (large arguments, task objects, contexts)."""
         return self.prefix + "blob:" + digest
+
+
+def make_ident(kind: str, task_id: str, listener: str) -> str:
+    """Envelope id: says where the result goes even when only the reaper can read it."""
+    return f"{kind}:{task_id}@{listener}"
+
+
+def split_ident(ident: str) -> tuple[str, str, str]:
+    """(kind, task_id, listener) of an envelope id."""
+    kind, _, rest = ident.partition(":")
+    task_id, _, listener = rest.partition("@")
+    return kind, task_id, listener

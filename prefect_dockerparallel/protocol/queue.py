@@ -82,7 +82,7 @@ def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
 
 @dataclass(frozen=True)
 class Requeued:
-    task_id: str
+    ident: str
     worker_id: str
     exhausted: bool
 
@@ -114,13 +114,17 @@ class TaskQueue:
     def beat_driver(self, ttl: float) -> None:
         self.redis.set(self.keys.driver, b"1", px=int(ttl * 1000))
 
-    def pop_results(self, timeout: float, batch: int = 512) -> list[bytes]:
+    def pop_results(self, listener: str, timeout: float, batch: int = 512) -> list[bytes]:
         """Block up to `timeout` for the first result, then drain up to `batch` without waiting."""
-        first = self.redis.brpop([self.keys.results], timeout=timeout)
+        key = self.keys.results(listener)
+        first = self.redis.brpop([key], timeout=timeout)
         if first is None:
             return []
-        more = self.redis.rpop(self.keys.results, batch) or []
+        more = self.redis.rpop(key, batch) or []
         return [first[1], *more]
+
+    def push_result(self, listener: str, result: bytes) -> None:
+        self.redis.lpush(self.keys.results(listener), result)
 
     def requeue_expired(self, max_attempts: int) -> list[Requeued]:
         raw = self._requeue(
@@ -195,11 +199,11 @@ class TaskQueue:
             self.keys.tasks, self.keys.processing(worker_id), timeout, src="RIGHT", dest="LEFT"
         )
 
-    def ack(self, worker_id: str, envelope: bytes, result: bytes | None) -> None:
+    def ack(self, worker_id: str, envelope: bytes, listener: str, result: bytes | None) -> None:
         """Publish the result and drop the claim in one transaction."""
         pipe = self.redis.pipeline(transaction=True)
         if result is not None:
-            pipe.lpush(self.keys.results, result)
+            pipe.lpush(self.keys.results(listener), result)
         pipe.lrem(self.keys.processing(worker_id), 1, envelope)
         pipe.execute()
 

@@ -1,0 +1,289 @@
+"""DockerCluster: the seed's cluster lifecycle, provider-agnostic.
+
+start / stop / start_server / stop_server / is_server_running / set_worker_number /
+worker_numbers / update / exists / reconnect / stop_on_exit, plus the driver's heartbeat thread,
+which keeps the dead-man's switch alive, re-queues the tasks of workers whose lease expired, fails
+the ones that ran out of attempts with a message naming the worker, and heals lost containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from .futures import ResultListener
+from .protocol import KIND_RESULT, Signer, TaskQueue, connect
+from .protocol import keys as K
+from .protocol.blobs import BlobStore
+from .protocol.queue import versions
+from .providers.base import Provider
+from .specs import ClusterSecrets, ClusterSpec, ContainerSpec, ServerHandle, WorkerNumbers, new_cluster_name
+
+log = logging.getLogger("prefect_dockerparallel.cluster")
+
+LOCAL_CONTAINER = ContainerSpec(workers_per_container=1, install_self=None)
+
+
+def as_driver(provider: Any) -> Provider:
+    """A provider driver from a driver, a provider block, or None (the local default)."""
+    if provider is None:
+        from .providers.local import LocalDriver
+
+        return LocalDriver()
+    if isinstance(provider, Provider):
+        return provider
+    if hasattr(provider, "build_provider"):
+        return provider.build_provider()
+    raise ValueError(
+        f"provider={provider!r} is not a provider: pass LocalProvider(), ECSFargateProvider(...), "
+        "AKSProvider(...) or a prefect_dockerparallel.providers.base.Provider"
+    )
+
+
+def as_container(container: Any, driver: Provider) -> ContainerSpec:
+    if container is None:
+        return LOCAL_CONTAINER if not driver.is_remote else ContainerSpec()
+    if isinstance(container, ContainerSpec):
+        return container
+    if hasattr(container, "to_spec"):
+        return container.to_spec()
+    raise ValueError(f"container={container!r} is not a WorkerContainer or ContainerSpec")
+
+
+class DockerCluster:
+    """One cluster: a Redis server and worker containers from one provider."""
+
+    def __init__(
+        self,
+        provider: Any = None,
+        container: Any = None,
+        workers: int | None = None,
+        worker_cpu: int = 1024,
+        worker_memory: int = 2048,
+        server_cpu: int = 256,
+        server_memory: int = 512,
+        idle_timeout: float = 60.0,
+        name: str | None = None,
+        flow_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        max_attempts: int = 3,
+        max_payload_bytes: int = 512 * 1024 * 1024,
+        stop_on_exit: bool = True,
+        heal: bool = True,
+    ):
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers={workers} is invalid: the number of workers must be >= 0")
+        self.driver = as_driver(provider)
+        self.spec = ClusterSpec(
+            name=name or new_cluster_name(),
+            container=as_container(container, self.driver),
+            workers=(os.cpu_count() or 2) if workers is None else workers,
+            worker_cpu=worker_cpu,
+            worker_memory=worker_memory,
+            server_cpu=server_cpu,
+            server_memory=server_memory,
+            idle_timeout=idle_timeout,
+            tags=tuple(sorted((tags or {}).items())),
+            flow_run_id=flow_run_id,
+            max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
+        )
+        self.driver.validate(self.spec)
+        self.expected = self.spec.workers
+        self.stop_on_exit = stop_on_exit
+        self.heal = heal
+        self.secrets: ClusterSecrets | None = None
+        self.server: ServerHandle | None = None
+        self.queue: TaskQueue | None = None
+        self.signer: Signer | None = None
+        self.blobs: BlobStore | None = None
+        self.listener: ResultListener | None = None
+        self.extra_meta: dict[str, str] = {}
+        self._beat_stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        status = "Running" if self.queue else "Stopped"
+        return f"DockerCluster(name={self.name!r}, provider={self.driver.kind}, server={status}, workers={self.expected})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "DockerCluster":
+        with self._lock:
+            if self.queue is None:
+                self.start_server()
+            self.set_worker_number(self.expected)
+        return self
+
+    def start_server(self) -> None:
+        with self._lock:
+            if self.queue is not None:
+                return
+            self.secrets = ClusterSecrets.generate()
+            log.info("starting Redis server of cluster %s on %s", self.name, self.driver.kind)
+            self.server = self.driver.start_server(self.spec, self.secrets)
+            self._connect()
+
+    def _connect(self) -> None:
+        assert self.server and self.secrets
+        client = connect(self.server.driver.host, self.server.driver.port, self.secrets.redis_password, self.server.tls)
+        self.queue = TaskQueue(client, self.name)
+        self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes)
+        self.blobs = BlobStore(self.queue, self.signer)
+        self.queue.beat_driver(self.spec.idle_timeout)
+        self.queue.publish_meta({**versions(), **self.extra_meta})
+        self.listener = ResultListener(self.queue, self.signer)
+        self._beat_stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name="dp-driver-heartbeat", daemon=True)
+        self._beat.start()
+        if self.stop_on_exit and self._finalizer is None:
+            self._finalizer = weakref.finalize(self, DockerCluster._stop_quietly, self.driver, self.spec)
+
+    def is_server_running(self) -> bool:
+        return self.driver.server_handle(self.spec) is not None
+
+    def exists(self) -> bool:
+        """True when a server for this cluster name is running (seed: clusterExists)."""
+        return self.is_server_running()
+
+    def reconnect(self) -> "DockerCluster":
+        """Attach to a running cluster of the same name (seed: reconnect)."""
+        with self._lock:
+            handle = self.driver.server_handle(self.spec)
+            secrets = self.driver.read_secrets(self.spec)
+            if handle is None or secrets is None:
+                raise RuntimeError(f"cluster {self.name!r} is not running on {self.driver.kind}; start() it instead")
+            self.server, self.secrets = handle, secrets
+            self._connect()
+            self.expected = self.worker_numbers().running or self.expected
+        return self
+
+    def stop_server(self) -> None:
+        self._shutdown_channel()
+        self.driver.stop_server(self.spec)
+
+    def stop(self) -> None:
+        """Remove every process, container and Redis key of the cluster."""
+        with self._lock:
+            self._shutdown_channel()
+            self.driver.stop(self.spec)
+            if self._finalizer:
+                self._finalizer.detach()
+                self._finalizer = None
+            log.info("cluster %s stopped", self.name)
+
+    def _shutdown_channel(self) -> None:
+        self._beat_stop.set()
+        if self._beat:
+            self._beat.join(timeout=10)
+            self._beat = None
+        if self.listener:
+            self.listener.close()
+            self.listener = None
+        if self.queue:
+            try:
+                self.queue.mark_stopping()
+                self.queue.purge()
+                self.queue.mark_stopping()  # purge removed it; workers still polling see it
+            except Exception as exc:  # noqa: BLE001 - server already gone
+                log.debug("could not purge Redis keys: %s", exc)
+            self.queue.redis.close()
+            self.queue = None
+
+    @staticmethod
+    def _stop_quietly(driver: Provider, spec: ClusterSpec) -> None:
+        try:
+            driver.stop(spec)
+        except Exception:  # noqa: BLE001 - interpreter exit
+            pass
+
+    def __enter__(self) -> "DockerCluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stop_on_exit:
+            self.stop()
+
+    # -- workers ---------------------------------------------------------------------------
+    def set_worker_number(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"workers={n} is invalid: the number of workers must be >= 0")
+        with self._lock:
+            previous, self.expected = self.expected, n
+            if self.queue is None or self.server is None or self.secrets is None:
+                return  # seed: with no server, only the expectation changes
+            log.info("setting worker number of %s to %d", self.name, n)
+            self.driver.set_worker_containers(self.spec, self.spec.containers_for(n), self.secrets, self.server)
+            wpc = self.spec.container.workers_per_container
+            surplus_slots = self.spec.containers_for(n) * wpc - n
+            if n < previous and surplus_slots > 0:
+                self.queue.retire(surplus_slots)
+
+    def worker_numbers(self) -> WorkerNumbers:
+        running = self.queue.live_workers() if self.queue else 0
+        counts = self.driver.worker_containers(self.spec)
+        started = (counts.running + counts.initializing) * self.spec.container.workers_per_container
+        initializing = max(0, min(self.expected, started) - running)
+        return WorkerNumbers(expected=self.expected, running=running, initializing=initializing)
+
+    def update(self) -> WorkerNumbers:
+        """Reconcile: bring back lost worker containers (seed: update)."""
+        with self._lock:
+            if self.queue and self.server and self.secrets:
+                counts = self.driver.worker_containers(self.spec)
+                if counts.running + counts.initializing < self.spec.containers_for(self.expected):
+                    self.driver.set_worker_containers(
+                        self.spec, self.spec.containers_for(self.expected), self.secrets, self.server
+                    )
+        return self.worker_numbers()
+
+    def logs(self, tail: int = 200) -> str:
+        return self.driver.logs(self.spec, tail=tail)
+
+    def executor(self) -> Any:
+        from .executor import ClusterExecutor
+
+        if self.queue is None:
+            self.start()
+        return ClusterExecutor(self)
+
+    # -- driver heartbeat, reaper, healing -------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = min(self.spec.idle_timeout / 4, 2.0)
+        last_heal = time.monotonic()
+        while not self._beat_stop.wait(interval):
+            try:
+                self._beat_once()
+                if self.heal and time.monotonic() - last_heal > 10:
+                    last_heal = time.monotonic()
+                    self.update()
+            except Exception as exc:  # noqa: BLE001 - keep beating through transient errors
+                log.warning("driver heartbeat of %s failed: %s", self.name, exc)
+
+    def _beat_once(self) -> None:
+        queue, signer, listener = self.queue, self.signer, self.listener
+        if queue is None or signer is None or listener is None:
+            return
+        queue.beat_driver(self.spec.idle_timeout)
+        if not queue.read_meta():
+            listener.fail_all("the cluster's Redis server lost its data (it restarted); the task did not finish")
+            queue.publish_meta({**versions(), **self.extra_meta})
+        for r in queue.requeue_expired(self.spec.max_attempts):
+            _, task_id, reply_to = K.split_ident(r.ident)
+            if not r.exhausted:
+                log.warning("worker %s was lost; task %s re-queued", r.worker_id, task_id)
+                continue
+            msg = f"task {task_id} was lost with worker {r.worker_id} after {self.spec.max_attempts} attempts"
+            log.error(msg)
+            queue.push_result(reply_to, signer.dumps(KIND_RESULT, r.ident, ("lost", msg)))
+        for err in queue.errors():
+            log.error("%s", err)

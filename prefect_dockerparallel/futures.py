@@ -1,0 +1,141 @@
+"""Futures resolved by one result-listener thread per runner.
+
+Each submission registers a `concurrent.futures.Future` and a converter under its envelope id;
+the listener pops signed results from the runner's own Redis list and resolves them. Prefect
+futures wrap those with `PrefectConcurrentFuture`, so `wait`, `as_completed`, `.result(timeout=)`
+and `PrefectFutureList` behave exactly as with Prefect's own runners.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import uuid
+from typing import Any, Callable
+
+from prefect.futures import PrefectConcurrentFuture
+
+from .protocol import EnvelopeError, Signer, TaskQueue
+
+log = logging.getLogger("prefect_dockerparallel.futures")
+
+# A converter turns an outcome tuple ("ok"|"err"|"lost"|"undecodable", value) into
+# (succeeded, value-or-exception) for the concurrent future.
+Converter = Callable[[str, Any], tuple[bool, Any]]
+
+
+class WorkerLost(RuntimeError):
+    """A task's worker died and the task ran out of attempts."""
+
+
+class ClusterStopped(RuntimeError):
+    """The cluster stopped (or lost its Redis data) before the task finished."""
+
+
+def plain_converter(status: str, value: Any) -> tuple[bool, Any]:
+    """For `cluster.executor()`: exceptions re-raise as themselves."""
+    if status == "ok":
+        return True, value
+    if status == "lost":
+        return False, WorkerLost(value)
+    if status == "undecodable":
+        return False, RuntimeError(f"the result could not be decoded on the driver: {value}")
+    return False, value
+
+
+def state_converter(status: str, value: Any) -> tuple[bool, Any]:
+    """For Prefect tasks: every outcome becomes a terminal State, never an exception."""
+    from prefect.states import Crashed, Failed
+
+    if status == "ok":
+        return True, value
+    if status == "lost":
+        return True, Crashed(message=str(value), data=WorkerLost(value))
+    if status == "undecodable":
+        err = RuntimeError(f"the task's result could not be decoded on the driver: {value}")
+        return True, Failed(message=str(err), data=err)
+    return True, Crashed(message=f"the worker could not run the task: {value!r}", data=value)
+
+
+class ResultListener:
+    """Owns one results list in Redis and the futures waiting on it."""
+
+    def __init__(self, queue: TaskQueue, signer: Signer, listener_id: str | None = None):
+        self.queue = queue
+        self.signer = signer
+        self.listener_id = listener_id or uuid.uuid4().hex[:12]
+        self._pending: dict[str, tuple[concurrent.futures.Future[Any], Converter]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dp-results", daemon=True)
+        self._thread.start()
+
+    def register(self, ident: str, converter: Converter) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            self._pending[ident] = (future, converter)
+        return future
+
+    def resolve(self, ident: str, status: str, value: Any) -> None:
+        with self._lock:
+            entry = self._pending.pop(ident, None)
+        if entry is None:
+            return  # a duplicate from an at-least-once re-run: the first result won
+        future, converter = entry
+        ok, payload = converter(status, value)
+        if ok:
+            future.set_result(payload)
+        else:
+            future.set_exception(payload)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def fail_all(self, message: str) -> None:
+        with self._lock:
+            idents = list(self._pending)
+        for ident in idents:
+            self.resolve(ident, "lost", message)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                batch = self.queue.pop_results(self.listener_id, timeout=1)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - Redis restarting or gone
+                failures += 1
+                if failures == 1:
+                    log.warning("result listener lost Redis: %s", exc)
+                if failures >= 30:
+                    self.fail_all(f"lost the connection to the cluster's Redis server: {exc}")
+                self._stop.wait(0.5)
+                continue
+            for raw in batch:
+                self._deliver(raw)
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            env = self.signer.open(raw)
+        except EnvelopeError as exc:
+            log.error("dropped a result envelope: %s", exc)
+            return
+        try:
+            import cloudpickle
+
+            status, value = cloudpickle.loads(env.body)
+        except Exception as exc:  # noqa: BLE001 - class missing on the driver, etc.
+            status, value = "undecodable", repr(exc)
+        self.resolve(env.ident, status, value)
+
+    def close(self, reason: str = "the cluster stopped before the task finished") -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.fail_all(reason)
+
+
+class DockerParallelFuture(PrefectConcurrentFuture[Any]):
+    """A Prefect future whose wrapped future is resolved with the task's final State."""

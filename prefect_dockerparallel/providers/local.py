@@ -1,0 +1,269 @@
+"""LocalDriver: the embedded default. Redis and workers as processes on this machine.
+
+Each "container" is a process started with exactly the command and environment a cloud container
+gets (`python -m prefect_dockerparallel.server|worker` + `base.server_env|worker_env`), so the
+local cluster exercises the same entrypoints, watchdog and dead-man's switch as the cloud.
+A state file per cluster (mode 0600, in the user's runtime dir) lets `reconnect`, `clusters ls`
+and `clusters cleanup` find clusters started by other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from ..protocol.queue import connect
+from ..server import find_redis_server
+from ..specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
+from .base import Provider, ProviderError, server_env, worker_env
+
+
+def state_dir() -> Path:
+    base = os.environ.get("DOCKERPARALLEL_STATE_DIR") or os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base or tempfile.gettempdir()) / f"prefect-dockerparallel-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+@dataclass
+class _LocalCluster:
+    port: int
+    secrets: ClusterSecrets
+    server: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+class LocalDriver(Provider):
+    kind = "local"
+
+    def __init__(self, redis_server_path: str | None = None, python: str | None = None):
+        self.redis_server_path = redis_server_path
+        self.python = python or sys.executable
+        self._clusters: dict[str, _LocalCluster] = {}
+
+    @property
+    def is_remote(self) -> bool:
+        return False
+
+    def validate(self, spec: ClusterSpec) -> None:
+        # Fail before anything starts when there is no redis-server to run.
+        self.redis_server_path = find_redis_server(self.redis_server_path)
+
+    # -- state file ------------------------------------------------------------------------
+    def _state_path(self, name: str) -> Path:
+        return state_dir() / f"{name}.json"
+
+    def _log_path(self, name: str) -> Path:
+        return state_dir() / f"{name}.log"
+
+    def _save_state(self, spec: ClusterSpec, c: _LocalCluster) -> None:
+        data = {
+            "name": spec.name,
+            "flow_run_id": spec.flow_run_id,
+            "port": c.port,
+            "server_pid": c.server.pid if c.server else None,
+            "worker_pids": [w.pid for w in c.workers if w.poll() is None],
+            "redis_password": c.secrets.redis_password,
+            "signing_key": c.secrets.signing_key.hex(),
+        }
+        path = self._state_path(spec.name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+
+    def _load_state(self, name: str) -> dict | None:
+        try:
+            return json.loads(self._state_path(name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _spawn(self, spec: ClusterSpec, entrypoint: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, **env}
+        log = open(self._log_path(spec.name), "ab")
+        try:
+            return subprocess.Popen(
+                [self.python, "-m", f"prefect_dockerparallel.{entrypoint}"],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal reaches the driver only
+            )
+        finally:
+            log.close()
+
+    # -- server ----------------------------------------------------------------------------
+    def start_server(self, spec: ClusterSpec, secrets: ClusterSecrets) -> ServerHandle:
+        existing = self.server_handle(spec)
+        if existing:
+            return existing
+        binary = find_redis_server(self.redis_server_path)
+        port = free_port()
+        env = server_env(spec, secrets, port)
+        env.update({"DOCKERPARALLEL_REDIS_BIND": "127.0.0.1", "DOCKERPARALLEL_REDIS_SERVER": binary})
+        cluster = _LocalCluster(port=port, secrets=secrets)
+        cluster.server = self._spawn(spec, "server", env)
+        self._clusters[spec.name] = cluster
+        self._save_state(spec, cluster)
+        client = connect("127.0.0.1", port, secrets.redis_password)
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                if cluster.server.poll() is not None:
+                    raise ProviderError(
+                        f"local redis server exited with code {cluster.server.returncode}; "
+                        f"see {self._log_path(spec.name)}"
+                    )
+                try:
+                    client.ping()
+                    break
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise ProviderError("local redis server did not start within 30 s")
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        endpoint = Endpoint("127.0.0.1", port)
+        return ServerHandle(driver=endpoint, workers=endpoint)
+
+    def server_handle(self, spec: ClusterSpec) -> ServerHandle | None:
+        state = self._load_state(spec.name)
+        if not state or not state.get("server_pid") or not pid_alive(state["server_pid"]):
+            return None
+        endpoint = Endpoint("127.0.0.1", int(state["port"]))
+        return ServerHandle(driver=endpoint, workers=endpoint)
+
+    def read_secrets(self, spec: ClusterSpec) -> ClusterSecrets | None:
+        state = self._load_state(spec.name)
+        if not state:
+            return None
+        return ClusterSecrets(state["redis_password"], bytes.fromhex(state["signing_key"]))
+
+    def stop_server(self, spec: ClusterSpec) -> None:
+        state = self._load_state(spec.name) or {}
+        cluster = self._clusters.get(spec.name)
+        procs = [cluster.server] if cluster and cluster.server else []
+        _terminate(procs, [state.get("server_pid")] if not procs else [])
+        if cluster:
+            cluster.server = None
+
+    # -- workers ---------------------------------------------------------------------------
+    def set_worker_containers(
+        self, spec: ClusterSpec, count: int, secrets: ClusterSecrets, server: ServerHandle
+    ) -> None:
+        cluster = self._clusters.setdefault(spec.name, _LocalCluster(server.workers.port, secrets))
+        cluster.workers = [w for w in cluster.workers if w.poll() is None]
+        env = worker_env(spec, secrets, server.workers, tls=server.tls)
+        while len(cluster.workers) < count:
+            cluster.workers.append(self._spawn(spec, "worker", env))
+        if len(cluster.workers) > count:
+            extra, cluster.workers = cluster.workers[count:], cluster.workers[:count]
+            _terminate(extra, [])
+        self._save_state(spec, cluster)
+
+    def worker_containers(self, spec: ClusterSpec) -> ContainerCounts:
+        cluster = self._clusters.get(spec.name)
+        if cluster is None:
+            state = self._load_state(spec.name) or {}
+            alive = sum(pid_alive(p) for p in state.get("worker_pids", []))
+        else:
+            alive = sum(w.poll() is None for w in cluster.workers)
+        return ContainerCounts(running=alive, initializing=0)
+
+    # -- teardown, logs, discovery ---------------------------------------------------------
+    def stop(self, spec: ClusterSpec) -> None:
+        state = self._load_state(spec.name) or {}
+        cluster = self._clusters.pop(spec.name, None)
+        procs = (cluster.workers + ([cluster.server] if cluster.server else [])) if cluster else []
+        pids = [] if cluster else [*state.get("worker_pids", []), state.get("server_pid")]
+        _terminate(procs, pids)
+        self._state_path(spec.name).unlink(missing_ok=True)
+
+    def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
+        try:
+            lines = self._log_path(spec.name).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:])
+
+    def list_clusters(self) -> list[ClusterRecord]:
+        records = []
+        for path in sorted(state_dir().glob("*.json")):
+            state = self._load_state(path.stem)
+            if not state:
+                continue
+            pids = [p for p in [state.get("server_pid"), *state.get("worker_pids", [])] if p]
+            records.append(
+                ClusterRecord(
+                    name=state["name"],
+                    provider=self.kind,
+                    flow_run_id=state.get("flow_run_id"),
+                    resources=tuple(f"pid:{p}" for p in pids if pid_alive(p)),
+                    alive=bool(state.get("server_pid")) and pid_alive(state["server_pid"]),
+                )
+            )
+        return records
+
+    def cleanup(self, cluster_name: str) -> list[str]:
+        state = self._load_state(cluster_name) or {}
+        pids = [p for p in [*state.get("worker_pids", []), state.get("server_pid")] if p and pid_alive(p)]
+        _terminate([], pids)
+        self._state_path(cluster_name).unlink(missing_ok=True)
+        self._log_path(cluster_name).unlink(missing_ok=True)
+        return [f"pid:{p}" for p in pids]
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], pids: list[int | None], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; reaps our own children."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    other = [p for p in pids if p and pid_alive(p)]
+    for pid in other:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in other:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def from_env() -> LocalDriver:
+    return LocalDriver()

