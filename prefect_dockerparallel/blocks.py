@@ -209,7 +209,7 @@ class LocalProvider(Block):
     _documentation_url = UI_DOCS_URL
     _code_example = """
     ```python
-    from prefect_dockerparallel import ClusterConfig, LocalProvider
+    from prefect_dockerparallel import LocalProvider, ClusterConfig
 
     local_provider = LocalProvider.load("BLOCK_NAME")
     ClusterConfig(provider=local_provider, workers=4).save("local-4", overwrite=True)
