@@ -103,6 +103,7 @@ class DockerCluster:
         self.blobs: BlobStore | None = None
         self.listener: ResultListener | None = None
         self.extra_meta: dict[str, str] = {}
+        self.started_at: float | None = None
         self._beat_stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -129,6 +130,7 @@ class DockerCluster:
             if self.queue is not None:
                 return
             self.secrets = ClusterSecrets.generate()
+            self.started_at = time.monotonic()
             log.info("starting Redis server of cluster %s on %s", self.name, self.driver.kind)
             self.server = self.driver.start_server(self.spec, self.secrets)
             self._connect()

@@ -41,7 +41,7 @@ def plain_converter(status: str, value: Any) -> tuple[bool, Any]:
         return False, WorkerLost(value)
     if status == "undecodable":
         return False, RuntimeError(f"the result could not be decoded on the driver: {value}")
-    return False, value
+    return False, value  # "err" (raised by the function) or "rejected" (bad input)
 
 
 def state_converter(status: str, value: Any) -> tuple[bool, Any]:
@@ -55,6 +55,8 @@ def state_converter(status: str, value: Any) -> tuple[bool, Any]:
     if status == "undecodable":
         err = RuntimeError(f"the task's result could not be decoded on the driver: {value}")
         return True, Failed(message=str(err), data=err)
+    if status == "rejected":
+        return True, Failed(message=f"the task could not be submitted: {value}", data=value)
     return True, Crashed(message=f"the worker could not run the task: {value!r}", data=value)
 
 

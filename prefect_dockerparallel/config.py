@@ -1,0 +1,145 @@
+"""From the runner's arguments (block name, ClusterConfig, overrides) to a DockerCluster.
+
+Runs on the driver at the first submit, so a saved block edited in the UI applies to the next
+run. Checks that need the flow run (API URL reachable by remote workers, result storage) happen
+here, before anything is provisioned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from .cluster import DockerCluster, as_driver
+
+log = logging.getLogger("prefect_dockerparallel.config")
+
+ALLOW_LOOPBACK_ENV = "DOCKERPARALLEL_ALLOW_LOOPBACK_API"
+
+
+def load_cluster_config(cluster: Any) -> Any:
+    """The ClusterConfig block named or given, or None for the local default."""
+    from .blocks import ClusterConfig
+
+    if cluster is None:
+        from .settings import default_cluster_block_name
+
+        cluster = default_cluster_block_name()
+    if cluster is None or isinstance(cluster, ClusterConfig):
+        return cluster
+    if isinstance(cluster, str):
+        try:
+            return ClusterConfig.load(cluster, _sync=True)
+        except ValueError as exc:
+            raise ValueError(
+                f"cluster={cluster!r}: no saved ClusterConfig block of that name ({exc}); create it in "
+                "the Prefect UI or with blocks/save_examples.py"
+            ) from None
+    raise ValueError(f"cluster={cluster!r} is invalid: give a ClusterConfig block name or a ClusterConfig")
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+
+
+def check_api_url_reachable(driver: Any) -> None:
+    """Remote workers cannot reach a loopback-only API URL: say so before paying for them."""
+    if not driver.is_remote or os.environ.get(ALLOW_LOOPBACK_ENV) == "1":
+        return
+    from .submission import effective_api_url
+
+    url = effective_api_url()
+    host = urlparse(url or "").hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not url or loopback:
+        raise ValueError(
+            f"PREFECT_API_URL is {url or 'unset (an ephemeral server)'}, which {driver.kind} workers "
+            "cannot reach: set PREFECT_API_URL to an address reachable from the cloud (Prefect Cloud "
+            f"or a server with a public/VPC address), or set {ALLOW_LOOPBACK_ENV}=1 if you tunnel it"
+        )
+
+
+def warn_local_result_storage(driver: Any) -> None:
+    if not driver.is_remote:
+        return
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.results.persist_by_default and not settings.results.default_storage_block:
+        log.warning(
+            "results are persisted to local disk on the workers and are lost when the %s cluster is "
+            "torn down; set PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK to object storage (S3, Azure Blob)",
+            driver.kind,
+        )
+
+
+def build_cluster(cluster: Any, overrides: dict[str, Any]) -> DockerCluster:
+    if hasattr(cluster, "start") and hasattr(cluster, "worker_numbers"):
+        return cluster  # an existing DockerCluster
+    config = load_cluster_config(cluster)
+    fields: dict[str, Any] = {}
+    if config is not None:
+        fields = {
+            "provider": config.provider,
+            "container": config.container,
+            "workers": config.workers,
+            "worker_cpu": config.worker_cpu,
+            "worker_memory": config.worker_memory,
+            "server_cpu": config.server_cpu,
+            "server_memory": config.server_memory,
+            "idle_timeout": config.idle_timeout,
+            "tags": dict(config.tags),
+        }
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    driver = as_driver(fields.pop("provider", None))
+    check_api_url_reachable(driver)
+    warn_local_result_storage(driver)
+    return DockerCluster(provider=driver, flow_run_id=_flow_run_id(), **fields)
+
+
+def finish_cluster(cluster: DockerCluster) -> None:
+    """Publish the cluster summary artifact, then stop everything."""
+    try:
+        publish_summary(cluster)
+    except Exception as exc:  # noqa: BLE001 - a report must never keep resources alive
+        log.warning("could not publish the cluster summary: %s", exc)
+    finally:
+        cluster.stop()
+
+
+def publish_summary(cluster: DockerCluster) -> None:
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    from .report import cluster_summary_markdown
+
+    spec = cluster.spec
+    seconds = time.monotonic() - cluster.started_at if cluster.started_at else 0.0
+    markdown = cluster_summary_markdown(
+        provider_kind=cluster.driver.kind,
+        worker_numbers=cluster.worker_numbers(),
+        container_seconds=seconds * spec.containers_for(cluster.expected),
+        worker_cpu=spec.worker_cpu,
+        worker_memory=spec.worker_memory,
+        workers_per_container=spec.container.workers_per_container,
+        containers_started=spec.containers_for(cluster.expected),
+        server_seconds=seconds,
+        server_cpu=spec.server_cpu,
+        server_memory=spec.server_memory,
+        cluster_name=cluster.name,
+        wall_seconds=seconds,
+    )
+    create_markdown_artifact(markdown=markdown, key=f"dockerparallel-{cluster.name}", _sync=True)

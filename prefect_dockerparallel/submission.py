@@ -1,0 +1,193 @@
+"""Builds the payload of one Prefect task submission, uploading shared parts once.
+
+Per-task cost on the driver is kept low by caching what does not change within a flow run: the
+pickled Task, the serialized flow-run context and the serialized settings (with the driver's
+effective API URL, so workers reach an ephemeral server too) are uploaded once as content-addressed
+blobs and referenced by digest. Large parameter values that a `map` shares between its calls
+(`unmapped`) are uploaded once per map.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import cloudpickle
+
+from .protocol import KIND_TASK, PayloadTooLarge, Signer, TaskQueue
+from .protocol import keys as K
+from .protocol.blobs import BlobStore, dumps_with_refs
+
+LARGE_VALUE_BYTES = 256 * 1024
+_SCALARS = (int, float, str, bool, bytes, type(None), uuid.UUID)
+
+
+class UnpicklableParameter(TypeError):
+    """A task parameter cannot be serialized for the cluster."""
+
+
+def effective_api_url() -> str | None:
+    """The API URL this flow run really talks to (an ephemeral server's too)."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    ctx = FlowRunContext.get()
+    client = getattr(ctx, "client", None) if ctx else None
+    url = getattr(client, "api_url", None)
+    return str(url) if url else PREFECT_API_URL.value()
+
+
+class PayloadBuilder:
+    """Turns (task, parameters, ...) into signed envelopes for one runner."""
+
+    def __init__(self, queue: TaskQueue, signer: Signer, blobs: BlobStore, listener_id: str):
+        self.queue = queue
+        self.signer = signer
+        self.blobs = blobs
+        self.listener_id = listener_id
+        self._keep: dict[int, tuple[Any, str]] = {}  # id -> (object kept alive, digest)
+        self._settings: tuple[int, dict[str, Any], str] | None = None
+        self._flow_ctx: tuple[int, dict[str, Any]] | None = None
+        self._map_scope = threading.local()
+        self._lock = threading.Lock()
+
+    # -- cached parts ----------------------------------------------------------------------
+    def _ref(self, obj: Any) -> str:
+        """Digest of a long-lived object, uploading it the first time it is seen."""
+        entry = self._keep.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        digest, _ = self.blobs.put(obj)
+        self._keep[id(obj)] = (obj, digest)
+        return digest
+
+    def _settings_part(self) -> tuple[dict[str, Any], str]:
+        from prefect.context import SettingsContext
+
+        current = SettingsContext.get()
+        if self._settings is None or self._settings[0] != id(current):
+            data = current.serialize() if current else {}
+            url = effective_api_url()
+            if url and data:
+                data["settings"].setdefault("api", {})["url"] = url
+            self._settings = (id(current), data, "")
+        _, data, _ = self._settings
+        return data, self._ref(data)
+
+    def _flow_context_part(self) -> dict[str, Any]:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        if ctx is None:
+            return {}
+        if self._flow_ctx is None or self._flow_ctx[0] != id(ctx):
+            self._flow_ctx = (id(ctx), ctx.serialize())
+        return self._flow_ctx[1]
+
+    def context(self) -> dict[str, Any]:
+        """`serialize_context()` minus the settings, with the flow-run part cached."""
+        from prefect.context import TagsContext, TaskRunContext, _deployment_id, _deployment_parameters
+
+        task_ctx = TaskRunContext.get()
+        tags_ctx = TagsContext.get()
+        deployment_id = _deployment_id.get()
+        return {
+            "flow_run_context": self._flow_context_part(),
+            "task_run_context": task_ctx.serialize() if task_ctx else {},
+            "tags_context": tags_ctx.serialize() if tags_ctx else {},
+            "settings_context": {},
+            "asset_context": {},
+            "deployment_id": str(deployment_id) if deployment_id else None,
+            "deployment_parameters": _deployment_parameters.get(),
+        }
+
+    # -- map scope: share large unmapped values --------------------------------------------
+    @contextmanager
+    def map_scope(self) -> Iterator[list[bytes]]:
+        """Within a map, identical large values are uploaded once and envelopes are batched."""
+        self._map_scope.values = {}
+        self._map_scope.batch = []
+        try:
+            yield self._map_scope.batch
+        finally:
+            self._map_scope.values = None
+            self._map_scope.batch = None
+
+    def _large_value_refs(self, parameters: dict[str, Any], refs: dict[int, str]) -> None:
+        shared = getattr(self._map_scope, "values", None)
+        if shared is None:
+            return
+        for value in parameters.values():
+            if isinstance(value, _SCALARS):
+                continue
+            hit = shared.get(id(value))
+            if hit is None:
+                body = cloudpickle.dumps(value)
+                digest = self.blobs.put_bytes(body) if len(body) >= LARGE_VALUE_BYTES else ""
+                shared[id(value)] = hit = (value, digest)
+            if hit[1]:
+                refs[id(value)] = hit[1]
+
+    # -- envelopes -------------------------------------------------------------------------
+    def ident(self, task_run_id: uuid.UUID) -> str:
+        return K.make_ident("P", task_run_id.hex, self.listener_id)
+
+    def build(
+        self,
+        ident: str,
+        task: Any,
+        task_run_id: uuid.UUID,
+        parameters: dict[str, Any],
+        wait_for: Any,
+        dependencies: Any,
+    ) -> bytes:
+        with self._lock:
+            settings, settings_id = self._settings_part()
+            context = self.context()
+            refs = {id(task): self._ref(task), id(settings): settings_id}
+            if context["flow_run_context"]:
+                refs[id(context["flow_run_context"])] = self._ref(context["flow_run_context"])
+        self._large_value_refs(parameters, refs)
+        call = {
+            "kind": "prefect",
+            "task": task,
+            "task_run_id": task_run_id,
+            "parameters": parameters,
+            "wait_for": wait_for,
+            "dependencies": dependencies,
+            "context": context,
+            "settings": settings,
+            "settings_id": settings_id,
+        }
+        try:
+            body = dumps_with_refs(call, refs)
+        except Exception as exc:  # noqa: BLE001 - find the culprit for a useful message
+            raise unpicklable_error(task, parameters, exc) from exc
+        try:
+            return self.signer.seal(KIND_TASK, ident, body)
+        except PayloadTooLarge as exc:
+            raise PayloadTooLarge(f"task {task.name!r}: {exc}") from None
+
+    def send(self, envelope: bytes) -> None:
+        batch = getattr(self._map_scope, "batch", None)
+        if batch is not None:
+            batch.append(envelope)
+        else:
+            self.queue.enqueue([envelope])
+
+
+def unpicklable_error(task: Any, parameters: dict[str, Any], exc: Exception) -> Exception:
+    for name, value in parameters.items():
+        try:
+            cloudpickle.dumps(value)
+        except Exception as inner:  # noqa: BLE001
+            return UnpicklableParameter(
+                f"parameter {name!r} of task {getattr(task, 'name', task)!r} cannot be sent to the "
+                f"cluster because it cannot be pickled ({inner!r}); pass data the worker can rebuild "
+                "(a path, a URL, plain values) or create the object inside the task"
+            )
+    return UnpicklableParameter(
+        f"task {getattr(task, 'name', task)!r} cannot be pickled for the cluster: {exc!r}"
+    )

@@ -1,0 +1,274 @@
+"""DockerParallelTaskRunner: Prefect's TaskRunner contract over a per-flow-run cluster.
+
+`__enter__` is cheap and provisions nothing: Prefect enters `duplicate()` of the flow's runner in
+every remote task's hydrated context. The cluster starts on the first `submit`; inside a worker
+the runner attaches to the worker's own queue instead (nested submission). The runner pickles as
+its configuration only (block names, no secrets, no provider objects).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, Iterable
+
+from prefect.futures import PrefectFuture, PrefectFutureList
+from prefect.task_runners import TaskRunner
+from prefect.utilities.collections import visit_collection
+
+from . import runtime
+from .futures import DockerParallelFuture, ResultListener, state_converter
+from .protocol import Signer, TaskQueue
+from .protocol.blobs import BlobStore
+from .submission import PayloadBuilder
+
+log = logging.getLogger("prefect_dockerparallel.task_runner")
+
+_CONFIG_FIELDS = (
+    "provider",
+    "container",
+    "workers",
+    "worker_cpu",
+    "worker_memory",
+    "server_cpu",
+    "server_memory",
+    "idle_timeout",
+    "max_attempts",
+    "max_payload_bytes",
+    "tags",
+)
+PROVIDER_KINDS = ("local", "ecs", "aks")
+
+
+class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
+    """Runs each submitted or mapped task on the flow run's own cluster of worker containers.
+
+    Args:
+        cluster: name of a saved `ClusterConfig` block (loaded at first submit, so edits apply to
+            the next run), a `ClusterConfig`, or None (the `PREFECT_INTEGRATIONS_DOCKERPARALLEL_CLUSTER`
+            setting if set, else a local cluster).
+        provider, container, workers, ...: override fields of the cluster configuration.
+    """
+
+    def __init__(self, cluster: Any = None, **overrides: Any):
+        super().__init__()
+        unknown = set(overrides) - set(_CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"DockerParallelTaskRunner got unknown argument(s) {sorted(unknown)}; "
+                f"valid ones are cluster, {', '.join(_CONFIG_FIELDS)}"
+            )
+        validate_overrides(overrides)
+        self.cluster = cluster
+        self.overrides = overrides
+        self._shipped = False  # True for copies unpickled from a task payload
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._session: _Session | None = None
+        self._session_lock = threading.Lock()
+        self._owns_session = False
+
+    # -- identity, pickling ------------------------------------------------------------------
+    def duplicate(self) -> "DockerParallelTaskRunner":
+        dup = type(self)(self.cluster, **self.overrides)
+        dup._shipped = self._shipped
+        return dup
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, DockerParallelTaskRunner)
+            and self.cluster == other.cluster
+            and self.overrides == other.overrides
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels in every task payload: the block name at most, never a provider."""
+        return {"cluster": self.cluster if isinstance(self.cluster, str) else None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cluster"])  # type: ignore[misc]
+        self._shipped = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "DockerParallelTaskRunner":
+        super().__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        session, self._session = self._session, None
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            super().__exit__(exc_type, exc_value, traceback)
+
+    @property
+    def docker_cluster(self) -> Any:
+        """The running DockerCluster (None before the first submit and on workers)."""
+        return self._session.cluster if self._session else None
+
+    def _ensure_session(self) -> "_Session":
+        if self._session is not None:
+            return self._session
+        with self._session_lock:
+            if self._session is None:
+                link = runtime.worker_link()
+                if link is not None:
+                    self._session = _Session.on_worker(link)
+                elif self._shipped:
+                    raise RuntimeError(
+                        "this DockerParallelTaskRunner was shipped inside a task payload and runs "
+                        "outside a worker; it has no cluster configuration to provision with"
+                    )
+                else:
+                    from .config import build_cluster
+
+                    self._session = _Session.on_driver(build_cluster(self.cluster, self.overrides))
+        return self._session
+
+    # -- submission --------------------------------------------------------------------------
+    def submit(
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, set[Any]] | None = None,
+    ) -> DockerParallelFuture:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        session = self._ensure_session()
+        task_run_id = uuid.uuid4()
+        ident = session.builder.ident(task_run_id)
+        wrapped = session.listener.register(ident, state_converter)
+        future = DockerParallelFuture(task_run_id=task_run_id, wrapped_future=wrapped)
+        upstream = _upstream_futures(parameters, wait_for)
+        dispatch = _Dispatch(session, ident, task, task_run_id, parameters, wait_for, dependencies)
+        if not upstream:
+            dispatch.run(raise_errors=True)
+        else:
+            dispatch.after(upstream)
+        return future
+
+    def map(
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+    ) -> PrefectFutureList[DockerParallelFuture]:
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        session = self._ensure_session()
+        with session.builder.map_scope() as batch:
+            try:
+                return super().map(task, parameters, wait_for)
+            finally:
+                session.queue.enqueue(batch)
+
+
+def validate_overrides(overrides: dict[str, Any]) -> None:
+    """Reject bad input before anything is provisioned, naming the field and the fix."""
+    workers = overrides.get("workers")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers={workers!r} is invalid: give the number of worker slots, an integer >= 0")
+    provider = overrides.get("provider")
+    if provider is None:
+        return
+    if isinstance(provider, str):
+        raise ValueError(
+            f"provider={provider!r} is not a provider object: use LocalProvider(), "
+            "ECSFargateProvider(...) or AKSProvider(...)"
+        )
+    kind = getattr(provider, "kind", None)
+    if kind not in PROVIDER_KINDS:
+        raise ValueError(f"provider kind {kind!r} is unknown: valid kinds are {', '.join(PROVIDER_KINDS)}")
+
+
+def _upstream_futures(parameters: dict[str, Any], wait_for: Any) -> list[PrefectFuture[Any]]:
+    found: list[PrefectFuture[Any]] = []
+
+    def collect(expr: Any) -> Any:
+        if isinstance(expr, PrefectFuture):
+            found.append(expr)
+        return expr
+
+    visit_collection(parameters, visit_fn=collect, return_data=False)
+    found.extend(wait_for or [])
+    return found
+
+
+def _futures_to_states(expr: Any) -> Any:
+    """Replace finished futures by their final States (picklable; the engine resolves them)."""
+
+    def visit(value: Any) -> Any:
+        return value.state if isinstance(value, PrefectFuture) else value
+
+    return visit_collection(expr, visit_fn=visit, return_data=True)
+
+
+class _Dispatch:
+    """One submission, sent now or once its upstream futures have finished."""
+
+    def __init__(self, session: "_Session", ident: str, task: Any, task_run_id: uuid.UUID,
+                 parameters: dict[str, Any], wait_for: Any, dependencies: Any):
+        self.session, self.ident, self.task, self.task_run_id = session, ident, task, task_run_id
+        self.parameters, self.wait_for, self.dependencies = parameters, wait_for, dependencies
+
+    def after(self, upstream: list[PrefectFuture[Any]]) -> None:
+        remaining = {"n": len(upstream)}
+        lock = threading.Lock()
+
+        def on_done(_: Any) -> None:
+            with lock:
+                remaining["n"] -= 1
+                ready = remaining["n"] == 0
+            if ready:
+                self.run(raise_errors=False, deferred=True)
+
+        for future in upstream:
+            future.add_done_callback(on_done)
+
+    def run(self, raise_errors: bool, deferred: bool = False) -> None:
+        try:
+            parameters = _futures_to_states(self.parameters) if deferred else self.parameters
+            wait_for = [f.state for f in self.wait_for] if self.wait_for else None
+            envelope = self.session.builder.build(
+                self.ident, self.task, self.task_run_id, parameters, wait_for, self.dependencies
+            )
+            self.session.builder.send(envelope)
+        except Exception as exc:  # noqa: BLE001
+            self.session.listener.resolve(self.ident, "rejected", exc)
+            if raise_errors:
+                raise
+
+
+class _Session:
+    """The connection a runner uses: its cluster (driver) or its worker's queue (nested)."""
+
+    def __init__(self, queue: TaskQueue, signer: Signer, cluster: Any = None, listener: Any = None):
+        self.cluster = cluster
+        self.queue = queue
+        self.listener: ResultListener = listener or ResultListener(queue, signer)
+        self.builder = PayloadBuilder(queue, signer, BlobStore(queue, signer), self.listener.listener_id)
+        self._own_listener = listener is None
+
+    @classmethod
+    def on_worker(cls, link: runtime.WorkerLink) -> "_Session":
+        return cls(link.queue, link.signer)
+
+    @classmethod
+    def on_driver(cls, cluster: Any) -> "_Session":
+        import prefect
+
+        cluster.extra_meta["prefect"] = prefect.__version__
+        cluster.start()
+        return cls(cluster.queue, cluster.signer, cluster=cluster, listener=cluster.listener)
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            from .config import finish_cluster
+
+            finish_cluster(self.cluster)
+        elif self._own_listener:
+            self.listener.close()
