@@ -1,0 +1,436 @@
+"""KubernetesDriver: one cluster per flow run in a Kubernetes namespace (AKS, EKS, GKE, kind...).
+
+Redis runs in a server Pod behind a Service; workers are pods of a work-queue Job whose
+`parallelism` is the number of worker containers. Workers reach Redis by the Service's cluster
+DNS name. The driver reaches it either directly (it runs in the cluster: access="direct") or
+through the same Service made a LoadBalancer limited by `loadBalancerSourceRanges` to the driver's
+egress IP (access="loadbalancer", the default outside a cluster). The object graph and why it is
+shaped so is in `kubernetes_objects.py`. This module is the only one importing `kubernetes`
+(with its siblings kubernetes_*.py): the import happens on first API use.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from . import kubernetes_objects as O
+from .azure import AzureCredentials
+from .base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
+from .kubernetes_ops import Api, ApiError, pod_failure, pod_ready
+from ..specs import (
+    ClusterRecord,
+    ClusterSecrets,
+    ClusterSpec,
+    ContainerCounts,
+    Endpoint,
+    ServerHandle,
+)
+
+log = logging.getLogger(__name__)
+ACCESS_MODES = ("auto", "loadbalancer", "direct")
+DEFAULT_EGRESS_IP_URL = "https://api.ipify.org"
+STARTING_GRACE = 300.0  # a cluster younger than this without a server pod is starting, not dead
+
+
+class KubernetesDriver(Provider):
+    """Provider for any Kubernetes API; takes plain values (the AKSProvider block builds it)."""
+
+    kind = "aks"
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "default",
+        kubeconfig: str | dict[str, Any] | None = None,
+        context: str | None = None,
+        in_cluster: bool = False,
+        azure: AzureCredentials | None = None,
+        access: str = "auto",
+        source_ranges: list[str] | tuple[str, ...] | None = None,
+        egress_ip_url: str = DEFAULT_EGRESS_IP_URL,
+        redis_port: int = REDIS_PORT,
+        service_annotations: dict[str, str] | None = None,
+        service_account_name: str | None = None,
+        image_pull_secrets: list[str] | tuple[str, ...] = (),
+        node_selector: dict[str, str] | None = None,
+        backoff_limit: int = 20,
+        start_timeout: float = 600.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if access not in ACCESS_MODES:
+            raise ValueError(f"access={access!r} is invalid: choose one of {ACCESS_MODES}")
+        if not 1 <= redis_port <= 65535:
+            raise ValueError(f"redis_port={redis_port} is invalid: use 1-65535")
+        self.namespace = namespace
+        self.access = ("direct" if in_cluster else "loadbalancer") if access == "auto" else access
+        self.source_ranges = list(source_ranges) if source_ranges is not None else None
+        self.egress_ip_url = egress_ip_url
+        self.redis_port = redis_port
+        self.service_annotations = dict(service_annotations or {})
+        self.options = {
+            "service_account_name": service_account_name,
+            "image_pull_secrets": list(image_pull_secrets),
+            "node_selector": dict(node_selector or {}),
+            "backoff_limit": backoff_limit,
+        }
+        self.start_timeout = start_timeout
+        self.poll_interval = poll_interval
+        self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
+
+    def __repr__(self) -> str:
+        return f"KubernetesDriver(namespace={self.namespace!r}, access={self.access!r})"
+
+    @property
+    def is_remote(self) -> bool:
+        return True
+
+    # -- checks before anything is created -------------------------------------------------
+    def validate(self, spec: ClusterSpec) -> None:
+        O.validate_labels(O.labels(spec, "server"))
+        for rng in self.source_ranges or []:
+            try:
+                ipaddress.ip_network(rng, strict=False)
+            except ValueError:
+                raise ValueError(f"source range {rng!r} is not a CIDR such as 203.0.113.7/32") from None
+        self.api.ensure()  # rejects unusable kubeconfigs (missing exec plugins) up front
+
+    # -- server --------------------------------------------------------------------------
+    def start_server(self, spec: ClusterSpec, secrets: ClusterSecrets) -> ServerHandle:
+        self.validate(spec)
+        parent = self._ensure_secret(spec, secrets)
+        lb = self.access == "loadbalancer"
+        ranges = self._source_ranges() if lb else []
+        svc = O.service(
+            spec, self.redis_port, parent, load_balancer=lb, source_ranges=ranges,
+            annotations=self.service_annotations,
+        )
+        self.api.create("services", self.namespace, svc, exist_ok=True)
+        pod_name = O.server_pod_name(spec)
+        existing = self.api.get("pods", self.namespace, pod_name)
+        if existing is not None and existing["status"].get("phase") in ("Succeeded", "Failed"):
+            log.info("server pod %s had exited; replacing it", pod_name)
+            self.api.delete("pods", self.namespace, pod_name)
+            self._wait(lambda: self.api.get("pods", self.namespace, pod_name) is None, 60, "old server pod to go")
+            existing = None
+        if existing is None:
+            env = server_env(spec, secrets, port=self.redis_port)
+            body = O.server_pod(spec, env, self.redis_port, parent, self.options)
+            self.api.create("pods", self.namespace, body, exist_ok=True)
+        deadline = time.monotonic() + self.start_timeout
+        self._wait_server_pod(pod_name, deadline)
+        handle = self._handle(spec, deadline)
+        self._wait_redis(handle.driver, secrets.redis_password, deadline)
+        log.info("cluster %s: Redis reachable at %s (workers use %s)", spec.name, handle.driver, handle.workers)
+        return handle
+
+    def stop_server(self, spec: ClusterSpec) -> None:
+        self.api.delete("pods", self.namespace, O.server_pod_name(spec))
+        self.api.delete("services", self.namespace, O.service_name(spec))
+
+    def server_handle(self, spec: ClusterSpec) -> ServerHandle | None:
+        pod = self.api.get("pods", self.namespace, O.server_pod_name(spec))
+        if pod is None or not pod_ready(pod):
+            return None
+        try:
+            return self._handle(spec, time.monotonic() + 5)
+        except ProviderError:
+            return None
+
+    def read_secrets(self, spec: ClusterSpec) -> ClusterSecrets | None:
+        obj = self.api.get("secrets", self.namespace, O.secret_name(spec))
+        if obj is None:
+            return None
+        data = obj.get("data") or {}
+        try:
+            password = base64.b64decode(data[O.SECRET_KEYS[O.K.ENV_REDIS_PASSWORD]]).decode()
+            key = bytes.fromhex(base64.b64decode(data[O.SECRET_KEYS[O.K.ENV_SIGNING_KEY]]).decode())
+        except (KeyError, ValueError):
+            return None
+        return ClusterSecrets(redis_password=password, signing_key=key)
+
+    # -- workers -------------------------------------------------------------------------
+    def set_worker_containers(
+        self, spec: ClusterSpec, count: int, secrets: ClusterSecrets, server: ServerHandle
+    ) -> None:
+        """Patch the Job's parallelism; a Job that stopped making pods is replaced.
+
+        A work-queue Job makes no new pod once one pod succeeded (a worker retired on scale
+        down), so scaling up after that needs a new Job generation. Pods of older generations
+        keep running and count toward `count`.
+        """
+        jobs = sorted(
+            self.api.list("jobs", self.namespace, O.cluster_selector(spec.name) + f",{O.ROLE_LABEL}=worker"),
+            key=_generation,
+        )
+        usable = [j for j in jobs if _job_usable(j)]
+        current = usable[-1] if usable else None
+        remaining = count
+        for job in jobs:
+            if job is current:
+                continue
+            failed = _job_condition(job, "Failed")
+            if failed:
+                raise ProviderError(
+                    f"worker pods of cluster {spec.name} keep failing ({failed}); see "
+                    f"`prefect-dockerparallel logs {spec.name} --provider aks`"
+                )
+            active = int(job["status"].get("active") or 0)
+            keep = min(active, remaining)
+            remaining -= keep
+            if active == 0:
+                self.api.delete("jobs", self.namespace, job["metadata"]["name"])
+            elif keep < int(job["spec"].get("parallelism") or 0):
+                self.api.patch("jobs", self.namespace, job["metadata"]["name"], {"spec": {"parallelism": keep}})
+        if current is not None:
+            if int(current["spec"].get("parallelism") or 0) != remaining:
+                body = {"spec": {"parallelism": remaining}}
+                self.api.patch("jobs", self.namespace, current["metadata"]["name"], body)
+            return
+        if remaining <= 0:
+            return
+        parent = self._parent(spec)
+        env = worker_env(spec, secrets, server.workers, tls=server.tls)
+        gen = (_generation(jobs[-1]) + 1) if jobs else 0
+        body = O.worker_job(spec, env, remaining, gen, parent, self.options)
+        self.api.create("jobs", self.namespace, body)
+
+    def worker_containers(self, spec: ClusterSpec) -> ContainerCounts:
+        running = initializing = 0
+        selector = O.cluster_selector(spec.name) + f",{O.ROLE_LABEL}=worker"
+        for pod in self.api.list("pods", self.namespace, selector):
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            phase = pod["status"].get("phase")
+            if phase == "Running" and pod_ready(pod):
+                running += 1
+            elif phase in ("Pending", "Running"):
+                initializing += 1
+        return ContainerCounts(running=running, initializing=initializing)
+
+    # -- teardown, leftovers, logs ---------------------------------------------------------
+    def stop(self, spec: ClusterSpec) -> None:
+        removed = self.cleanup(spec.name)
+        log.info("cluster %s: deleted %d Kubernetes objects", spec.name, len(removed))
+
+    def cleanup(self, cluster_name: str) -> list[str]:
+        """Delete every object with the cluster's label; Jobs first so no pod is re-created."""
+        removed: list[str] = []
+        selector = O.cluster_selector(cluster_name)
+        for kind in ("jobs", "services", "pods", "secrets"):
+            for obj in self.api.list(kind, self.namespace, selector):
+                name = obj["metadata"]["name"]
+                if kind == "pods" and obj["metadata"].get("ownerReferences"):
+                    owners = {r.get("kind") for r in obj["metadata"]["ownerReferences"]}
+                    if "Job" in owners:
+                        continue  # the Job's deletion removes it (counted once, via the Job)
+                if self.api.delete(kind, self.namespace, name):
+                    removed.append(f"{obj['kind']}/{name}")
+        return removed
+
+    def list_clusters(self) -> list[ClusterRecord]:
+        found: dict[str, dict[str, Any]] = {}
+        for kind in ("secrets", "services", "jobs", "pods"):
+            for obj in self.api.list(kind, self.namespace, O.cluster_selector()):
+                meta = obj["metadata"]
+                name = meta["labels"].get(O.CLUSTER_LABEL)
+                entry = found.setdefault(
+                    name, {"flow_run": None, "resources": [], "alive": False, "young": False}
+                )
+                entry["flow_run"] = entry["flow_run"] or meta["labels"].get(O.FLOW_RUN_LABEL)
+                entry["resources"].append(f"{obj['kind']}/{meta['name']}")
+                role = meta["labels"].get(O.ROLE_LABEL)
+                if kind == "pods" and role == "server" and not meta.get("deletionTimestamp"):
+                    entry["alive"] |= obj["status"].get("phase") in ("Pending", "Running")
+                if kind == "secrets" and _age(meta) < STARTING_GRACE:
+                    entry["young"] = True
+        out = []
+        for name, e in sorted(found.items()):
+            has_server = any(r.startswith("Pod/") and r.endswith("-server") for r in e["resources"])
+            alive = e["alive"] or (e["young"] and not has_server)
+            out.append(ClusterRecord(name, self.kind, e["flow_run"], tuple(e["resources"]), alive))
+        return out
+
+    def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
+        parts = []
+        pods = self.api.list("pods", self.namespace, O.cluster_selector(spec.name))
+        pods.sort(key=lambda p: (p["metadata"]["labels"].get(O.ROLE_LABEL) != "server", p["metadata"]["name"]))
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            text = self.api.pod_log(self.namespace, name, tail)
+            parts.append(f"==> {name} ({pod['status'].get('phase')}) <==\n{text.rstrip()}")
+        return "\n".join(parts)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _ensure_secret(self, spec: ClusterSpec, secrets: ClusterSecrets) -> dict[str, Any]:
+        body = O.secret(spec, secrets)
+        created = self.api.create("secrets", self.namespace, body, exist_ok=True)
+        if created is None:  # existed: same cluster (idempotent start) only with the same secrets
+            found = self.read_secrets(spec)
+            if found != secrets:
+                raise ProviderError(
+                    f"cluster {spec.name!r} already exists in namespace {self.namespace!r} with other "
+                    "credentials: reconnect to it, choose another name, or run "
+                    f"`prefect-dockerparallel clusters cleanup --provider aks --name {spec.name}`"
+                )
+        return self._parent(spec)
+
+    def _parent(self, spec: ClusterSpec) -> dict[str, Any]:
+        obj = self.api.get("secrets", self.namespace, O.secret_name(spec))
+        if obj is None:
+            raise ProviderError(f"the Secret of cluster {spec.name} is gone: the cluster was stopped")
+        return {"name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
+
+    def _source_ranges(self) -> list[str]:
+        """Explicit ranges, else this machine's egress IP as seen from the internet."""
+        if self.source_ranges:
+            return self.source_ranges
+        import httpx
+
+        try:
+            text = httpx.get(self.egress_ip_url, timeout=10).text.strip()
+            ip = ipaddress.ip_address(text)
+        except (httpx.HTTPError, ValueError):
+            raise ProviderError(
+                f"could not learn this machine's egress IP from {self.egress_ip_url}; set "
+                "source_ranges (CIDRs allowed to reach Redis) or use access='direct'"
+            ) from None
+        return [f"{ip}/{32 if ip.version == 4 else 128}"]
+
+    def _handle(self, spec: ClusterSpec, deadline: float) -> ServerHandle:
+        workers = Endpoint(O.service_dns(spec, self.namespace), self.redis_port)
+        if self.access == "direct":
+            return ServerHandle(driver=workers, workers=workers)
+        name = O.service_name(spec)
+        host: list[str] = []
+
+        def ingress() -> bool:
+            svc = self.api.get("services", self.namespace, name)
+            if svc is None:
+                raise ProviderError(f"Service {name} disappeared while waiting for its load balancer")
+            for item in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+                if item.get("ip") or item.get("hostname"):
+                    host.append(item.get("ip") or item.get("hostname"))
+                    return True
+            return False
+
+        self._wait(ingress, deadline - time.monotonic(), f"a load balancer address for Service {name}")
+        return ServerHandle(driver=Endpoint(host[0], self.redis_port), workers=workers)
+
+    def _wait_server_pod(self, name: str, deadline: float) -> None:
+        last: dict[str, Any] = {}
+
+        def ready() -> bool:
+            pod = self.api.get("pods", self.namespace, name)
+            if pod is None:
+                raise ProviderError(f"server pod {name} was deleted while starting")
+            last["pod"] = pod
+            failure = pod_failure(pod)
+            if failure:
+                tail = self.api.pod_log(self.namespace, name, 20).strip()
+                raise ProviderError(f"server pod {name} failed: {failure}" + (f"\n{tail}" if tail else ""))
+            return pod_ready(pod)
+
+        try:
+            self._wait(ready, deadline - time.monotonic(), f"server pod {name} to be ready")
+        except TimeoutError as exc:
+            conds = [c.get("message") for c in (last.get("pod", {}).get("status", {}).get("conditions") or [])]
+            hint = "; ".join(c for c in conds if c)
+            raise ProviderError(f"{exc}" + (f" ({hint})" if hint else "")) from None
+
+    def _wait_redis(self, at: Endpoint, password: str, deadline: float) -> None:
+        import redis
+
+        def ping() -> bool:
+            client = redis.Redis(host=at.host, port=at.port, password=password, socket_timeout=5, socket_connect_timeout=5)
+            try:
+                return bool(client.ping())
+            except redis.AuthenticationError:
+                raise ProviderError(f"Redis at {at} rejected the cluster password") from None
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return False
+            finally:
+                client.close()
+
+        try:
+            self._wait(ping, deadline - time.monotonic(), f"Redis at {at} to accept clients")
+        except TimeoutError as exc:
+            raise ProviderError(
+                f"{exc}: if the flow runs behind a NAT or proxy, set source_ranges to its egress "
+                "CIDR; if it runs inside the cluster, use access='direct'"
+            ) from None
+
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + max(timeout, 0)
+        while True:
+            if cond():
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out waiting for {what}")
+            time.sleep(self.poll_interval)
+
+
+def _generation(job: dict[str, Any]) -> int:
+    try:
+        return int(job["metadata"]["labels"].get(O.GENERATION_LABEL, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _job_condition(job: dict[str, Any], kind: str) -> str | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond.get("reason") or cond.get("message") or kind
+    return None
+
+
+def _job_usable(job: dict[str, Any]) -> bool:
+    """Whether raising parallelism on this Job still creates pods."""
+    status = job.get("status") or {}
+    return not (
+        int(status.get("succeeded") or 0) > 0
+        or _job_condition(job, "Complete")
+        or _job_condition(job, "Failed")
+        or job["metadata"].get("deletionTimestamp")
+    )
+
+
+def _age(meta: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    stamp = meta.get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    created = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return time.time() - created.timestamp()
+
+
+def from_env() -> KubernetesDriver:
+    """Driver configured from the environment (the CLI's default without --block).
+
+    DOCKERPARALLEL_K8S_NAMESPACE, DOCKERPARALLEL_K8S_CONTEXT, KUBECONFIG (kubectl's rules); inside a
+    pod (KUBERNETES_SERVICE_HOST set, no KUBECONFIG) the in-cluster service account; with
+    AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_SUBSCRIPTION_ID,
+    DOCKERPARALLEL_AKS_RESOURCE_GROUP and DOCKERPARALLEL_AKS_CLUSTER, the AKS kubeconfig over ARM.
+    """
+    env = os.environ
+    azure_keys = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_SUBSCRIPTION_ID",
+                  "DOCKERPARALLEL_AKS_RESOURCE_GROUP", "DOCKERPARALLEL_AKS_CLUSTER")
+    azure = None
+    if all(env.get(k) for k in azure_keys) and not env.get("KUBECONFIG"):
+        azure = AzureCredentials(
+            tenant_id=env["AZURE_TENANT_ID"], client_id=env["AZURE_CLIENT_ID"],
+            client_secret=env["AZURE_CLIENT_SECRET"], subscription_id=env["AZURE_SUBSCRIPTION_ID"],
+            resource_group=env["DOCKERPARALLEL_AKS_RESOURCE_GROUP"], cluster_name=env["DOCKERPARALLEL_AKS_CLUSTER"],
+        )
+    in_cluster = azure is None and not env.get("KUBECONFIG") and bool(env.get("KUBERNETES_SERVICE_HOST"))
+    return KubernetesDriver(
+        namespace=env.get("DOCKERPARALLEL_K8S_NAMESPACE", "default"),
+        context=env.get("DOCKERPARALLEL_K8S_CONTEXT") or None,
+        in_cluster=in_cluster,
+        azure=azure,
+    )

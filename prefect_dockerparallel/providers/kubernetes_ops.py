@@ -1,0 +1,213 @@
+"""Thin access layer over the kubernetes client: raw JSON dicts in and out, retries, re-auth.
+
+Why raw dicts (`_preload_content=False`): the driver reads a handful of fields, and the model
+classes change between client majors; the JSON shape of the API does not. Why retries here: the
+client retries nothing, and API servers answer 429 under load (priority and fairness) and 5xx
+during control-plane upgrades.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from .azure import AzureCredentials
+from .base import ProviderError
+from .kubernetes_auth import Access, build_access
+
+log = logging.getLogger(__name__)
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+FATAL_WAITING = {
+    "ErrImagePull": False,  # transient on its own; fatal once it turns into ImagePullBackOff
+    "ImagePullBackOff": True,
+    "InvalidImageName": True,
+    "CreateContainerConfigError": True,
+    "CreateContainerError": True,
+    "CrashLoopBackOff": True,
+}
+
+
+class ApiError(ProviderError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# kind -> (api group attribute, method suffix)
+KINDS = {
+    "pods": ("core", "pod"),
+    "services": ("core", "service"),
+    "secrets": ("core", "secret"),
+    "jobs": ("batch", "job"),
+}
+
+
+class Api:
+    """Lazily connected, thread-safe facade; credentials that expire are rebuilt before use."""
+
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | dict[str, Any] | None,
+        context: str | None,
+        in_cluster: bool,
+        azure: AzureCredentials | None,
+        max_attempts: int = 5,
+    ) -> None:
+        self._conf = dict(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
+        self._lock = threading.Lock()
+        self._access: Access | None = None
+        self._apis: dict[str, Any] = {}
+        self.max_attempts = max_attempts
+
+    def ensure(self) -> None:
+        """Connect now (kubeconfig checks, AAD token): raises ProviderError naming the fix."""
+        self._group("core")
+
+    def _group(self, group: str) -> Any:
+        with self._lock:
+            if self._access is None or not self._access.fresh():
+                from kubernetes import client as k8s
+
+                self._access = build_access(**self._conf)
+                self._apis = {
+                    "core": k8s.CoreV1Api(self._access.api_client),
+                    "batch": k8s.BatchV1Api(self._access.api_client),
+                }
+            return self._apis[group]
+
+    def _call(self, kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        group, suffix = KINDS[kind]
+        delay = 0.5
+        for attempt in range(1, self.max_attempts + 1):
+            method = getattr(self._group(group), f"{verb}_namespaced_{suffix}")
+            try:
+                resp = method(*args, _preload_content=False, **kwargs)
+                data = resp.data
+                return json.loads(data) if data else {}
+            except ApiException as exc:
+                if exc.status == 401 and attempt == 1 and self._conf["azure"] is not None:
+                    with self._lock:
+                        self._access = None  # token revoked or expired early: fetch a new one
+                    continue
+                if exc.status in RETRY_STATUSES and attempt < self.max_attempts:
+                    wait = _retry_after(exc)
+                    time.sleep(wait if wait is not None else delay)
+                    delay = min(delay * 2, 10)
+                    continue
+                raise ApiError(_describe(exc, kind, verb), exc.status) from None
+            except OSError as exc:  # connection refused / reset (urllib3 errors subclass it)
+                if attempt < self.max_attempts:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10)
+                    continue
+                raise ApiError(f"Kubernetes API unreachable ({type(exc).__name__}: {exc})") from None
+        raise AssertionError("unreachable")
+
+    # -- verbs ---------------------------------------------------------------------------
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        body = self._call(kind, "list", namespace, label_selector=selector)
+        items = body.get("items") or []
+        singular = {"pods": "Pod", "services": "Service", "secrets": "Secret", "jobs": "Job"}[kind]
+        for item in items:  # list items carry no kind in real API responses
+            item.setdefault("kind", singular)
+            item.setdefault("status", {})
+        return items
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self._call(kind, "read", name, namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        obj.setdefault("status", {})
+        return obj
+
+    def create(
+        self, kind: str, namespace: str, body: dict[str, Any], exist_ok: bool = False
+    ) -> dict[str, Any] | None:
+        """The created object, or None when it existed and exist_ok."""
+        try:
+            return self._call(kind, "create", namespace, body)
+        except ApiError as exc:
+            if exc.status == 409 and exist_ok:
+                return None
+            raise
+
+    def patch(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(kind, "patch", name, namespace, body)
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background cascade (Jobs default to orphaning their pods); False on 404."""
+        try:
+            self._call(kind, "delete", name, namespace, propagation_policy="Background")
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def pod_log(self, namespace: str, name: str, tail: int) -> str:
+        try:
+            core = self._group("core")
+            resp = core.read_namespaced_pod_log(name, namespace, tail_lines=tail, _preload_content=False)
+            return resp.data.decode(errors="replace")
+        except Exception as exc:  # logs are best effort: a pod not started yet has none
+            return f"(no logs: {type(exc).__name__})"
+
+
+def _retry_after(exc: Any) -> float | None:
+    try:
+        value = (exc.headers or {}).get("Retry-After")
+        return min(float(value), 30.0) if value else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _describe(exc: Any, kind: str, verb: str) -> str:
+    message = exc.reason or ""
+    try:
+        message = json.loads(exc.body).get("message") or message
+    except (TypeError, ValueError, AttributeError):
+        pass
+    hint = ""
+    if exc.status == 403:
+        hint = " (the account lacks RBAC permissions: apply the Role in docs/kubernetes.md)"
+    elif exc.status == 401:
+        hint = " (credentials rejected: refresh the kubeconfig or its token)"
+    return f"Kubernetes {verb} {kind} failed: HTTP {exc.status} {message}{hint}"
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        return False
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return all(c.get("ready") for c in status.get("containerStatuses") or [{}])
+
+
+def pod_failure(pod: dict[str, Any]) -> str | None:
+    """Why a pod cannot become ready, or None while it still may."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if FATAL_WAITING.get(waiting.get("reason", "")):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+        term = state.get("terminated")
+        if term:
+            return (
+                f"container exited with code {term.get('exitCode')} "
+                f"({term.get('reason', '')}) {term.get('message', '')}".rstrip()
+            )
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return f"pod {status['phase']}: {status.get('reason', '')} {status.get('message', '')}".rstrip()
+    return None
