@@ -1,0 +1,70 @@
+"""Small test utilities: polling with a deadline, finding cluster processes, a raw Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, TypeVar
+
+import psutil
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
+    """Poll `predicate` until it is truthy or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def cluster_processes(cluster: str | None = None) -> list[psutil.Process]:
+    """Worker/server entrypoints and redis-servers started by this test session."""
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid == me:
+                continue
+            if "prefect_dockerparallel.worker" in cmd or "prefect_dockerparallel.server" in cmd or "redis-server" in cmd:
+                env = proc.info["environ"] or {}
+                if "redis-server" in cmd and "DOCKERPARALLEL_CLUSTER" not in env:
+                    continue  # a redis-server that is not ours (e.g. a system one)
+                if cluster is None or env.get("DOCKERPARALLEL_CLUSTER") == cluster:
+                    found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+class RedisServer:
+    """A real, password-protected redis-server on a free loopback port (context manager)."""
+
+    def __init__(self, password: str = "test-password"):
+        self.password = password
+        self.port = 0
+        self.proc = None
+
+    def __enter__(self) -> "RedisServer":
+        from prefect_dockerparallel.providers.local import free_port
+        from prefect_dockerparallel.server import find_redis_server, start_redis, wait_ready
+        from prefect_dockerparallel.protocol import connect
+
+        self.port = free_port()
+        self.proc = start_redis(find_redis_server(), self.port, self.password, "127.0.0.1")
+        wait_ready(connect("127.0.0.1", self.port, self.password), self.proc)
+        return self
+
+    def client(self, password: str | None = "__default__"):
+        from prefect_dockerparallel.protocol import connect
+
+        return connect("127.0.0.1", self.port, self.password if password == "__default__" else password)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
