@@ -12,10 +12,10 @@ fails with the field's name before a flow run pays for anything.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from prefect.blocks.core import Block
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Field, field_validator
 
 from .aks_block import AKSProvider
 from .ecs_block import ECSFargateProvider
@@ -249,14 +249,6 @@ _KIND_BY_SLUG = {
 }
 
 
-def _provider_kind(value: Any) -> Optional[str]:
-    """Which provider class a value is. Documents saved from the UI carry `kind` and
-    `block_type_slug`; fall back to the slug so a document without `kind` still loads."""
-    if isinstance(value, dict):
-        return value.get("kind") or _KIND_BY_SLUG.get(value.get("block_type_slug") or "")
-    return getattr(value, "kind", None)
-
-
 def _any_of(schema: dict[str, Any]) -> None:
     """The Prefect UI's schema form understands `anyOf` of block references, not `oneOf`."""
     if "oneOf" in schema:
@@ -264,18 +256,9 @@ def _any_of(schema: dict[str, Any]) -> None:
     schema.pop("discriminator", None)
 
 
-ProviderBlock = Annotated[
-    Union[
-        Annotated[LocalProvider, Tag("local")],
-        Annotated[ECSFargateProvider, Tag("ecs")],
-        Annotated[AKSProvider, Tag("aks")],
-    ],
-    Discriminator(
-        _provider_kind,
-        custom_error_type="invalid_provider",
-        custom_error_message="provider: expected a provider block whose kind is 'local', 'ecs' or 'aks'",
-    ),
-]
+# A plain Union (not Annotated/Tag): Prefect walks it to find nested secret fields (which the
+# API then masks) and block schema references (which the UI needs to pick a saved provider).
+ProviderBlock = Union[LocalProvider, ECSFargateProvider, AKSProvider]
 
 
 class ClusterConfig(Block):
@@ -308,6 +291,7 @@ class ClusterConfig(Block):
     provider: ProviderBlock = Field(
         default_factory=LocalProvider,
         description="Where the cluster runs: a Local, ECS Fargate or AKS provider block.",
+        discriminator="kind",
         json_schema_extra=_any_of,
     )
     container: WorkerContainer = Field(
@@ -333,6 +317,39 @@ class ClusterConfig(Block):
     tags: dict[str, str] = Field(
         default_factory=dict, description="Extra tags (AWS) / labels (Kubernetes) on every resource."
     )
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _provider_kind(cls, value: Any) -> Any:
+        """Documents saved from the UI carry `block_type_slug`; one saved without `kind` (an
+        older schema, a cleared field) still loads as the right class through its slug."""
+        if isinstance(value, dict) and not value.get("kind"):
+            kind = _KIND_BY_SLUG.get(value.get("block_type_slug") or "")
+            if kind is None:
+                raise ValueError(
+                    "provider: expected a provider block with kind 'local', 'ecs' or 'aks' "
+                    f"(got the keys {sorted(value)})"
+                )
+            value = {**value, "kind": kind}
+        return value
+
+    @classmethod
+    def _from_block_document(cls, block_document: Any) -> "ClusterConfig":
+        """When `provider` is a reference to a saved provider document (how the UI links
+        blocks), the server returns the referenced data without its slug; take the slug from
+        the reference so a provider saved without `kind` still resolves to its own class."""
+        try:
+            data = block_document.data
+            provider = data.get("provider")
+            ref = (block_document.block_document_references or {}).get("provider") or {}
+            slug = ref["block_document"]["block_type"]["slug"] if ref else None
+            if isinstance(provider, dict) and not provider.get("kind") and slug in _KIND_BY_SLUG:
+                block_document = block_document.model_copy(
+                    update={"data": {**data, "provider": {**provider, "kind": _KIND_BY_SLUG[slug]}}}
+                )
+        except (AttributeError, KeyError, TypeError):
+            pass  # an unexpected document shape: let normal validation report it
+        return super()._from_block_document(block_document)
 
     @field_validator("tags")
     @classmethod

@@ -63,7 +63,23 @@ def test_provider_union_from_a_json_round_trip() -> None:
 def test_unknown_provider_kind_names_the_field() -> None:
     with pytest.raises(ValidationError) as err:
         ClusterConfig(provider={"kind": "gcp"})
-    assert "provider" in str(err.value) and "'local', 'ecs' or 'aks'" in str(err.value)
+    assert "provider" in str(err.value) and "'local', 'ecs', 'aks'" in str(err.value)
+    with pytest.raises(ValidationError, match="provider"):
+        ClusterConfig(provider={"region_name": "eu-west-1"})
+
+
+def test_nested_secrets_and_block_references_are_declared_in_the_schema() -> None:
+    """Prefect masks only `secret_fields`; the UI offers saved providers only for references."""
+    schema = ClusterConfig.model_json_schema()
+    nested = {f"provider.{f}" for cls in (ECSFargateProvider, AKSProvider) for f in _secret_fields(cls)}
+    assert nested and nested <= {s.rstrip(".*").rstrip(".") for s in schema["secret_fields"]}
+    refs = schema["block_schema_references"]
+    assert {r["block_type_slug"] for r in refs["provider"]} == {
+        "dockerparallel-local-provider",
+        "dockerparallel-ecs-fargate-provider",
+        "dockerparallel-aks-provider",
+    }
+    assert refs["container"]["block_type_slug"] == "dockerparallel-worker-container"
 
 
 def test_provider_schema_is_an_any_of_block_references_for_the_ui() -> None:
