@@ -88,14 +88,18 @@ def parse_selector(text: str) -> list[tuple[str, str, Any]]:
 def matches(labels: dict[str, str], reqs: list[tuple[str, str, Any]]) -> bool:
     for key, op, val in reqs:
         has, cur = key in labels, labels.get(key)
-        ok = {
-            "=": has and cur == val,
-            "!=": cur != val,
-            "exists": has,
-            "!exists": not has,
-            "in": has and cur in (val or ()),
-            "notin": cur not in (val or ()),
-        }[op]
+        if op == "=":
+            ok = has and cur == val
+        elif op == "!=":
+            ok = cur != val
+        elif op == "exists":
+            ok = has
+        elif op == "!exists":
+            ok = not has
+        elif op == "in":
+            ok = has and cur in val
+        else:  # notin
+            ok = not has or cur not in val
         if not ok:
             return False
     return True

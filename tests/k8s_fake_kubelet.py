@@ -58,6 +58,8 @@ class Kubelet:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lb_seen: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    node_name: str = "fake-node"
     _failures: dict[str, set[str]] = field(default_factory=dict)  # job uid -> failed pod names
     _succeeded: dict[str, set[str]] = field(default_factory=dict)  # job uid -> succeeded pod names
     _scaled_down: set[str] = field(default_factory=set)  # pods the controller itself deleted
@@ -82,6 +84,8 @@ class Kubelet:
                 self.tick()
             except ApiFailure:
                 pass  # an object vanished under us: next tick sees the new state
+            except Exception as exc:  # noqa: BLE001 - keep running; tests assert `errors` is empty
+                self.errors.append(repr(exc))
             with self.store.lock:
                 self.store.changed.wait(timeout=0.05)
 
@@ -179,6 +183,8 @@ class Kubelet:
                 self.procs.pop(key, None)
                 self.store.remove("pods", *key)
             return
+        if pod["spec"].get("nodeName", self.node_name) != self.node_name:
+            return  # bound to another node: not this kubelet's pod
         phase = pod["status"].get("phase")
         if phase == "Pending" and proc is None:
             self._start(pod)
