@@ -108,7 +108,14 @@ class FakeFargateAgent:
 
     def _start(self, task: dict[str, Any]) -> None:
         arn = task["taskArn"]
-        td = self.ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+        try:
+            td = self.ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+        except self.ecs.exceptions.ClientException:
+            # Teardown raced us: the task was stopped and its definition deleted since ListTasks.
+            (now,) = self.ecs.describe_tasks(cluster=self.ecs_cluster, tasks=[arn])["tasks"]
+            if now["desiredStatus"] == "STOPPED":
+                return
+            raise
         cdef = td["containerDefinitions"][0]
         env = {e["name"]: e["value"] for e in cdef.get("environment", [])}
         names = {s["valueFrom"].split(":parameter", 1)[-1]: s["name"] for s in cdef.get("secrets", [])}

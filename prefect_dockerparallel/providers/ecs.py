@@ -305,13 +305,13 @@ class EcsDriver(Provider):
         for t in tasks:
             if t.last_status == "STOPPED" and t.arn not in run.stopped_by_us and t.arn not in run.reported:
                 run.reported.add(t.arn)
-                if t.exit_code == 0:
-                    log.info("cluster %s: worker task %s exited: %s", spec.name, t.short_id, t.why_stopped())
-                else:
-                    run.failures.append(f"{t.short_id}: {t.why_stopped()}")
-                    log.warning(
-                        "cluster %s: worker task %s stopped: %s", spec.name, t.short_id, t.why_stopped()
-                    )
+                why = t.why_stopped()
+                if t.stop_kind == "normal":
+                    log.info("cluster %s: worker task %s exited: %s", spec.name, t.short_id, why)
+                    continue
+                if t.stop_kind == "failed":  # interrupted Spot tasks do not count as failures
+                    run.failures.append(f"{t.short_id}: {why}")
+                log.warning("cluster %s: worker task %s stopped: %s", spec.name, t.short_id, why)
         return tasks
 
     def worker_containers(self, spec: ClusterSpec) -> ContainerCounts:

@@ -164,12 +164,15 @@ def ensure_execution_role(iam: Any, role_name: str, network: str) -> str:
 
 
 def ensure_log_group(logs: Any, group: str, retention_days: int, network: str) -> None:
+    existing = logs.describe_log_groups(logGroupNamePrefix=group).get("logGroups", [])
+    if any(g["logGroupName"] == group for g in existing):
+        return
     try:
         logs.create_log_group(logGroupName=group, tags={NETWORK_TAG: network})
     except ClientError as exc:
         if error_code(exc) != "ResourceAlreadyExistsException":
             raise
-        return
+        return  # another driver created it just now
     logs.put_retention_policy(logGroupName=group, retentionInDays=retention_days)
 
 

@@ -65,6 +65,16 @@ class TaskInfo:
     def short_id(self) -> str:
         return self.arn.rsplit("/", 1)[-1]
 
+    @property
+    def stop_kind(self) -> str:
+        """normal (the worker exited 0 by itself), interrupted (Spot reclaim) or failed."""
+        reason = self.stopped_reason
+        if "spot" in reason.lower():
+            return "interrupted"
+        if self.exit_code == 0 and reason.startswith("Essential container in task exited"):
+            return "normal"
+        return "failed"
+
     def why_stopped(self) -> str:
         parts = [self.stopped_reason or "no stoppedReason"]
         if self.exit_code is not None:
