@@ -221,7 +221,7 @@ class Store:
             self._bump(new)
             return copy.deepcopy(new)
 
-    def delete(self, plural: str, ns: str, name: str, policy: str | None) -> dict[str, Any]:
+    def delete(self, plural: str, ns: str, name: str, policy: str | None, grace: int | None = None) -> dict[str, Any]:
         with self.lock:
             obj = self.objects.get((plural, ns, name))
             if obj is None:
@@ -230,7 +230,8 @@ class Store:
             if plural == "pods" and ns and (ns, name) in self.logs:
                 # Graceful: the kubelet kills the process, then calls `remove`.
                 obj["metadata"].setdefault("deletionTimestamp", now())
-                obj["metadata"]["deletionGracePeriodSeconds"] = 1
+                obj["metadata"]["deletionGracePeriodSeconds"] = (
+                    int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)) if grace is None else grace)
                 self._bump(obj)
                 self._propagate(obj, policy)
                 return copy.deepcopy(obj)
@@ -359,7 +360,8 @@ class Handler(BaseHTTPRequestHandler):
             if method == "DELETE" and name:
                 body = self._body() or {}
                 policy = q.get("propagationPolicy") or body.get("propagationPolicy")
-                return self._send(200, store.delete(plural, ns, name, policy))
+                grace = q.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
+                return self._send(200, store.delete(plural, ns, name, policy, None if grace is None else int(grace)))
             raise ApiFailure(405, "MethodNotAllowed", f"{method} is not supported on {url.path}")
         except ApiFailure as exc:
             self._send(exc.code, exc.status())

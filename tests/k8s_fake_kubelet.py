@@ -175,8 +175,9 @@ class Kubelet:
                 self.store.remove("pods", *key)
                 return
             if proc.kill_at is None:
-                proc.kill_at = time.monotonic() + self.grace
-                _kill(proc.popen, signal.SIGTERM)
+                grace = min(self.grace, float(meta.get("deletionGracePeriodSeconds", 30)))
+                proc.kill_at = time.monotonic() + grace
+                _kill(proc.popen, signal.SIGTERM if grace > 0 else signal.SIGKILL)
             elif time.monotonic() > proc.kill_at:
                 _kill(proc.popen, signal.SIGKILL)
             if proc.popen.poll() is not None:
@@ -195,11 +196,10 @@ class Kubelet:
         meta, container = pod["metadata"], pod["spec"]["containers"][0]
         ns, name = meta["namespace"], meta["name"]
         try:
-            env = self._env(ns, container.get("env") or [])
+            env = self._env(ns, name, container.get("env") or [])
         except ApiFailure as exc:
             waiting = {"reason": "CreateContainerConfigError", "message": exc.message}
-            self._set_status(ns, name, {"containerStatuses": [{"name": container["name"], "ready": False,
-                                                               "state": {"waiting": waiting}}]})
+            self._set_status(ns, name, {"containerStatuses": [_cstatus(container, {"waiting": waiting})]})
             return
         command = self.rewrite(list(container.get("command") or []) + list(container.get("args") or []))
         log_path = os.path.join(self.log_dir, f"{ns}.{name}.log")
@@ -212,21 +212,21 @@ class Kubelet:
         self._set_status(ns, name, {
             "phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1", "startTime": now(),
             "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
-            "containerStatuses": [{"name": container["name"], "ready": False, "restartCount": 0,
-                                   "image": container.get("image"), "state": {"running": {"startedAt": now()}}}],
+            "containerStatuses": [_cstatus(container, {"running": {"startedAt": now()}})],
         })
 
     def _update_running(self, pod: dict[str, Any], proc: Proc) -> None:
         meta = pod["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        cname = pod["spec"]["containers"][0]["name"]
+        container = pod["spec"]["containers"][0]
         code = proc.popen.poll()
         if code is not None:
-            term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now()}
+            term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now(),
+                    "startedAt": pod["status"].get("startTime")}
             self._set_status(ns, name, {
                 "phase": "Succeeded" if code == 0 else "Failed",
                 "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-                "containerStatuses": [{"name": cname, "ready": False, "state": {"terminated": term}}],
+                "containerStatuses": [_cstatus(container, {"terminated": term})],
             })
             return
         ready = proc.probe_port is None or _tcp_open(proc.probe_port)
@@ -239,10 +239,11 @@ class Kubelet:
     def _set_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
         self.store.update("pods", ns, name, lambda o: {**o, "status": {**o["status"], **status}})
 
-    def _env(self, ns: str, entries: list[dict[str, Any]]) -> dict[str, str]:
+    def _env(self, ns: str, hostname: str, entries: list[dict[str, Any]]) -> dict[str, str]:
         """PATH/HOME of this machine plus the pod's env; secretKeyRef resolved, DNS emulated."""
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PREFECT_HOME") if k in os.environ}
         env["PATH"] = os.path.dirname(VENV_PYTHON) + os.pathsep + env.get("PATH", "")
+        env["HOSTNAME"] = hostname  # as in a real pod: the pod's name
         hosts: dict[str, str] = {}
         for svc in self.store.list("services", ns):
             n = svc["metadata"]["name"]
@@ -264,6 +265,13 @@ class Kubelet:
                 value = str(e.get("value", ""))
                 env[e["name"]] = hosts.get(value, value)
         return env
+
+
+def _cstatus(container: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """A containerStatus with every field the API marks required (clients validate them)."""
+    image = container.get("image") or ""
+    return {"name": container["name"], "image": image, "imageID": f"docker-pullable://{image}@sha256:{'0' * 64}",
+            "ready": False, "started": "running" in state, "restartCount": 0, "state": state}
 
 
 def _tcp_open(port: int) -> bool:

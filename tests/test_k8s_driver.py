@@ -108,6 +108,15 @@ def test_workers_scale_by_patching_the_job_and_reach_redis_by_service_name(fake_
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["requests"] == {"cpu": "1000m", "memory": "2048Mi"} == container["resources"]["limits"]
 
+    # The fake's JSON deserializes into the client's typed models (their required fields exist).
+    api_client = k8s_config.new_client_from_config_dict(fake_k8s.kubeconfig())
+    core, batch = k8s_client.CoreV1Api(api_client), k8s_client.BatchV1Api(api_client)
+    pods = core.list_namespaced_pod("default", label_selector=f"dockerparallel-cluster={spec.name}").items
+    assert {p.status.phase for p in pods} == {"Running"} and all(p.status.container_statuses[0].ready for p in pods)
+    assert batch.list_namespaced_job("default").items[0].status.active == 2
+    assert core.list_namespaced_service("default").items[0].status.load_balancer.ingress[0].ip == "127.0.0.1"
+    assert core.read_namespaced_secret(f"dp-{spec.name}", "default").type == "Opaque"
+
     patches = fake_k8s.store.requests["PATCH jobs"]
     drv.set_worker_containers(spec, 3, secrets, handle)
     assert fake_k8s.store.requests["PATCH jobs"] == patches + 1
