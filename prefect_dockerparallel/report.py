@@ -1,6 +1,6 @@
 """The end-of-run cluster summary, published by the runner as a Prefect markdown artifact.
 
-Pure formatting (no Prefect, no provider imports) so it is cheap to test and to call from the
+Formatting needs no Prefect and no provider imports, so it is cheap to test and to call from the
 runner's teardown. The cost line is an *estimate*: Fargate list prices for one region, applied
 to the container-seconds the cluster measured; it ignores storage, data transfer, public IPv4
 and Savings Plans / Spot discounts.
@@ -144,3 +144,32 @@ def cluster_summary_markdown(
         "Storage, data transfer, public IPv4, Spot and Savings Plans are not included._",
     ]
     return "\n".join(lines) + "\n"
+
+
+def publish_summary_artifact(markdown: str, flow_run_id: Optional[str], key: Optional[str] = None) -> Optional[str]:
+    """Create the summary as a markdown artifact linked to `flow_run_id`; returns its id.
+
+    Why not `create_markdown_artifact`: it links the artifact to the flow run found in the
+    current FlowRunContext, and the task runner exits after Prefect has left that context, so the
+    artifact would be created unlinked (or skipped). The explicit id works inside and outside it.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.context import FlowRunContext
+
+    if flow_run_id is None:
+        ctx = FlowRunContext.get()
+        if ctx is None or ctx.flow_run is None:
+            return None
+        flow_run_id = str(ctx.flow_run.id)
+    artifact = ArtifactCreate(
+        key=key,
+        type="markdown",
+        data=markdown,
+        description="DockerParallel cluster summary",
+        flow_run_id=UUID(str(flow_run_id)),
+    )
+    with get_client(sync_client=True) as client:
+        return str(client.create_artifact(artifact=artifact).id)

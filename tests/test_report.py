@@ -63,3 +63,31 @@ def test_local_summary_labels_the_fargate_figure_as_a_comparison() -> None:
 def test_prices_are_documented_with_a_date_and_source() -> None:
     assert FARGATE_PRICES.per_vcpu_hour > 0 and FARGATE_PRICES.per_gb_hour > 0
     assert FARGATE_PRICES.as_of and FARGATE_PRICES.source.startswith("https://")
+
+
+def test_summary_artifact_is_linked_to_the_flow_run_even_outside_its_context() -> None:
+    """The runner exits after Prefect left the FlowRunContext: the id must be passed explicitly."""
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.context import get_run_context
+
+    from prefect_dockerparallel.report import publish_summary_artifact
+
+    @flow
+    def noop() -> str:
+        return str(get_run_context().flow_run.id)
+
+    flow_run_id = noop()
+    md = cluster_summary_markdown("local", (1, 1, 0), 12.0, 1024, 2048, cluster_name="dp-report")
+    key = f"dockerparallel-{uuid.uuid4().hex[:8]}"
+    artifact_id = publish_summary_artifact(md, flow_run_id, key=key)
+    assert artifact_id
+    assert publish_summary_artifact(md, None) is None  # no context, no id: nothing to link to
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+        )
+    assert [(a.key, a.type, a.data) for a in found] == [(key, "markdown", md)]
