@@ -55,7 +55,7 @@ class ApiFailure(Exception):
 # -- label selectors -------------------------------------------------------------------------
 _REQ = re.compile(
     r"\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9./_-]+)\s*"
-    r"(?:(?P<op>==|!=|=)\s*(?P<val>[A-Za-z0-9._-]*)|\s+(?P<setop>in|notin)\s*\((?P<set>[^)]*)\))?\s*"
+    r"(?:(?P<op>==|!=|=)\s*(?P<val>[A-Za-z0-9._-]*)|(?P<setop>in|notin)\s*\((?P<set>[^)]*)\))?\s*"
 )
 
 
