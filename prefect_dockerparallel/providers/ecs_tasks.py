@@ -177,6 +177,9 @@ def register_task_definition(ecs: Any, plan: ContainerPlan) -> str:
         "cpu": plan.size.cpu,
         "memory": plan.size.memory,
         "stopTimeout": plan.stop_timeout,
+        # ECS's init process (PID 1) forwards SIGTERM to the entrypoint and reaps zombies, as
+        # `sh -c` would not; SIGTERM is how a Spot worker gets to re-queue its tasks.
+        "linuxParameters": {"initProcessEnabled": True},
         "logConfiguration": {
             "logDriver": "awslogs",
             "options": {
