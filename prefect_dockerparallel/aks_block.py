@@ -81,17 +81,19 @@ class AKSProvider(Block):
         default="https://management.azure.com",
         description="Azure Resource Manager endpoint; change for sovereign clouds.",
     )
-    access: Literal["auto", "loadbalancer", "direct"] = Field(
+    access: Literal["auto", "port-forward", "loadbalancer", "direct"] = Field(
         default="auto",
         description=(
-            "How the flow runner reaches Redis. 'loadbalancer': the Redis Service becomes a LoadBalancer "
-            "open only to source_ranges; 'direct': by the Service's cluster DNS name (the flow runs in "
-            "the cluster or has a route to it); 'auto': direct when in_cluster, else loadbalancer."
+            "How the flow runner reaches Redis. 'port-forward': tunnelled through the API server (TLS, "
+            "no public endpoint); 'loadbalancer': the Redis Service becomes a LoadBalancer open only to "
+            "source_ranges (faster, but a public IP and unencrypted Redis traffic); 'direct': by the "
+            "Service's cluster DNS name (the flow runs in the cluster or has a route to it); 'auto': "
+            "direct when in_cluster, else port-forward."
         ),
     )
     source_ranges: list[str] = Field(
         default_factory=list,
-        description="CIDRs allowed through the LoadBalancer; empty: this machine's egress IP (/32), found via egress_ip_url.",
+        description="access='loadbalancer' only: CIDRs allowed through it; empty: this machine's egress IP (/32), found via egress_ip_url.",
     )
     egress_ip_url: str = Field(
         default="https://api.ipify.org",

@@ -5,7 +5,8 @@ selectors (equality and set-based), create / get / list / strategic-merge, merge
 delete with propagationPolicy (Background, Foreground, Orphan; Jobs default to Orphan like
 batch/v1), ownerReference garbage collection, graceful pod deletion (deletionTimestamp until the
 kubelet has killed the process), pod logs, optional bearer-token auth, and a request counter.
-Controllers (Job, LoadBalancer) and the kubelet live in `k8s_fake_kubelet.py`.
+Pod port-forward over WebSocket is in `k8s_fake_portforward.py`; controllers (Job,
+LoadBalancer) and the kubelet live in `k8s_fake_kubelet.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from k8s_fake_portforward import PortForwardSessions, serve_portforward
+
 KINDS = {  # plural -> (kind, apiVersion, api prefix)
     "pods": ("Pod", "v1", "/api/v1"),
     "services": ("Service", "v1", "/api/v1"),
@@ -32,7 +35,7 @@ KINDS = {  # plural -> (kind, apiVersion, api prefix)
 }
 PATH = re.compile(
     r"^(?P<prefix>/api/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)"
-    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log))?$"
+    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log|portforward))?$"
 )
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -329,6 +332,16 @@ class Handler(BaseHTTPRequestHandler):
             plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
             store.requests[f"{method} {plural}{'/' + sub if sub else ''}{'' if name else ' (collection)'}"] += 1
             kind = KINDS[plural][0]
+            if sub == "portforward" and method in ("GET", "POST"):
+                pod = store.get(plural, ns, name)
+                if pod["status"].get("phase") != "Running":
+                    raise ApiFailure(400, "BadRequest", f"pod {name} is not running")
+                if (self.headers.get("Upgrade") or "").lower() != "websocket":
+                    raise ApiFailure(400, "BadRequest", "Upgrade request required")
+                ports = [int(p) for p in q.get("ports", "").split(",") if p]
+                if len(ports) != 1:
+                    raise ApiFailure(400, "BadRequest", "this fake forwards exactly one port")
+                return serve_portforward(self, ports[0], self.server.forwards)
             if sub == "log" and method == "GET":
                 store.get(plural, ns, name)
                 path = store.logs.get((ns, name))
@@ -386,6 +399,7 @@ class FakeApiServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.store = store
         self.token = token
+        self.forwards = PortForwardSessions()
 
     @property
     def url(self) -> str:

@@ -313,6 +313,7 @@ class FakeKubernetes:
 
     def __exit__(self, *exc: Any) -> None:
         self.kubelet.stop()
+        self.server.forwards.close_all()
         self.server.shutdown()
         self.server.server_close()
 

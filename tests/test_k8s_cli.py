@@ -73,5 +73,5 @@ def test_from_env_picks_access_from_the_environment(monkeypatch: pytest.MonkeyPa
                        "DOCKERPARALLEL_AKS_CLUSTER": "aks", "DOCKERPARALLEL_K8S_NAMESPACE": "batch"}.items():
         monkeypatch.setenv(key, value)
     drv = from_env()
-    assert drv.api._conf["azure"].cluster_name == "aks" and drv.namespace == "batch" and drv.access == "loadbalancer"
+    assert drv.api._conf["azure"].cluster_name == "aks" and drv.namespace == "batch" and drv.access == "port-forward"
     assert "s3cr3t" not in repr(drv.api._conf["azure"])

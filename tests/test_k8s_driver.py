@@ -64,6 +64,7 @@ def writes(fake: FakeKubernetes) -> int:
 
 def test_server_objects_are_labelled_owned_by_the_secret_and_hold_no_secret(fake_k8s, cluster) -> None:
     drv, spec, secrets = cluster
+    drv.access = "loadbalancer"
     handle = drv.start_server(spec, secrets)
 
     objs = objects(fake_k8s, spec.name)
@@ -94,6 +95,25 @@ def test_server_objects_are_labelled_owned_by_the_secret_and_hold_no_secret(fake
     assert record.alive and record.flow_run_id == spec.flow_run_id and len(record.resources) == 3
 
 
+def test_port_forward_reaches_redis_without_any_public_endpoint(fake_k8s, cluster) -> None:
+    drv, spec, secrets = cluster
+    assert drv.access == "port-forward"  # the default outside a cluster
+    handle = drv.start_server(spec, secrets)
+    svc = fake_k8s.store.get("services", "default", f"dp-{spec.name}-redis")
+    assert svc["spec"]["type"] == "ClusterIP" and "loadBalancerSourceRanges" not in svc["spec"]
+    assert handle.driver.host == "127.0.0.1" and handle.driver.port != drv.redis_port
+    clients = [redis.Redis(handle.driver.host, handle.driver.port, password=secrets.redis_password) for _ in range(3)]
+    for i, r in enumerate(clients):
+        r.set(f"k{i}", b"x" * 200_000)
+    assert [len(r.get(f"k{i}")) for i, r in enumerate(clients)] == [200_000] * 3
+    opened = fake_k8s.server.forwards.opened
+    assert opened >= 3 and fake_k8s.store.requests["GET pods/portforward"] == opened
+    assert drv.server_handle(spec) == handle  # same tunnel for the same cluster
+    drv.stop_server(spec)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(handle.driver.host, handle.driver.port, password=secrets.redis_password, socket_timeout=5).ping()
+
+
 def test_workers_scale_by_patching_the_job_and_reach_redis_by_service_name(fake_k8s, cluster) -> None:
     drv, spec, secrets = cluster
     handle = drv.start_server(spec, secrets)
@@ -114,7 +134,7 @@ def test_workers_scale_by_patching_the_job_and_reach_redis_by_service_name(fake_
     pods = core.list_namespaced_pod("default", label_selector=f"dockerparallel-cluster={spec.name}").items
     assert {p.status.phase for p in pods} == {"Running"} and all(p.status.container_statuses[0].ready for p in pods)
     assert batch.list_namespaced_job("default").items[0].status.active == 2
-    assert core.list_namespaced_service("default").items[0].status.load_balancer.ingress[0].ip == "127.0.0.1"
+    assert core.list_namespaced_service("default").items[0].spec.type == "ClusterIP"
     assert core.read_namespaced_secret(f"dp-{spec.name}", "default").type == "Opaque"
 
     patches = fake_k8s.store.requests["PATCH jobs"]

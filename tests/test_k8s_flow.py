@@ -34,9 +34,9 @@ def _loopback_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKERPARALLEL_ALLOW_LOOPBACK_API", "1")
 
 
-def aks(fake) -> AKSProvider:
+def aks(fake, access: str = "auto") -> AKSProvider:
     return AKSProvider(kubeconfig=yaml.safe_dump(fake.kubeconfig()), source_ranges=["127.0.0.1/32"],
-                       redis_port=free_port(), start_timeout=60)
+                       redis_port=free_port(), start_timeout=60, access=access)
 
 
 @task
@@ -80,7 +80,9 @@ def test_a_worker_pod_killed_mid_task_is_recovered(fake_k8s, tmp_path: Path) -> 
         killed.append(started[0].name)
         core.delete_namespaced_pod(started[0].name.split("-", 1)[1], "default", grace_period_seconds=0)
 
-    @flow(task_runner=DockerParallelTaskRunner(provider=aks(fake_k8s), container=TEST_CONTAINER, workers=2))
+    provider = aks(fake_k8s, access="loadbalancer")  # the other flow test uses the port-forward default
+
+    @flow(task_runner=DockerParallelTaskRunner(provider=provider, container=TEST_CONTAINER, workers=2))
     def resilient(marker_dir: str) -> list[int]:
         return slow.map(range(4), marker_dir=marker_dir).result()
 

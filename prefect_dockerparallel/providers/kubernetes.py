@@ -2,10 +2,16 @@
 
 Redis runs in a server Pod behind a Service; workers are pods of a work-queue Job whose
 `parallelism` is the number of worker containers. Workers reach Redis by the Service's cluster
-DNS name. The driver reaches it either directly (it runs in the cluster: access="direct") or
-through the same Service made a LoadBalancer limited by `loadBalancerSourceRanges` to the driver's
-egress IP (access="loadbalancer", the default outside a cluster). The object graph and why it is
-shaped so is in `kubernetes_objects.py`. This module is the only one importing `kubernetes`
+DNS name. The driver (flow runner) reaches it in one of three ways:
+
+- "port-forward" (default outside a cluster): a local port tunnelled to the server pod through the
+  API server (TLS, kubeconfig auth, no public endpoint; needs `pods/portforward` RBAC);
+- "loadbalancer": the Service becomes a LoadBalancer open only to `loadBalancerSourceRanges`
+  (this machine's egress IP by default) — more throughput, but a public IP, and Redis traffic is
+  not encrypted on the way;
+- "direct" (default in a cluster): the Service DNS name, as the workers do.
+
+The object graph and why it is shaped so is in `kubernetes_objects.py`. This module is the only one importing `kubernetes`
 (with its siblings kubernetes_*.py): the import happens on first API use.
 """
 
@@ -21,7 +27,8 @@ from typing import Any, Callable
 from . import kubernetes_objects as O
 from .azure import AzureCredentials
 from .base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
-from .kubernetes_ops import Api, ApiError, pod_failure, pod_ready
+from .kubernetes_forward import PortForwarder
+from .kubernetes_ops import Api, pod_failure, pod_ready
 from ..specs import (
     ClusterRecord,
     ClusterSecrets,
@@ -32,7 +39,7 @@ from ..specs import (
 )
 
 log = logging.getLogger(__name__)
-ACCESS_MODES = ("auto", "loadbalancer", "direct")
+ACCESS_MODES = ("auto", "port-forward", "loadbalancer", "direct")
 DEFAULT_EGRESS_IP_URL = "https://api.ipify.org"
 STARTING_GRACE = 300.0  # a cluster younger than this without a server pod is starting, not dead
 
@@ -67,7 +74,7 @@ class KubernetesDriver(Provider):
         if not 1 <= redis_port <= 65535:
             raise ValueError(f"redis_port={redis_port} is invalid: use 1-65535")
         self.namespace = namespace
-        self.access = ("direct" if in_cluster else "loadbalancer") if access == "auto" else access
+        self.access = ("direct" if in_cluster else "port-forward") if access == "auto" else access
         self.source_ranges = list(source_ranges) if source_ranges is not None else None
         self.egress_ip_url = egress_ip_url
         self.redis_port = redis_port
@@ -81,6 +88,7 @@ class KubernetesDriver(Provider):
         self.start_timeout = start_timeout
         self.poll_interval = poll_interval
         self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
+        self._forwards: dict[str, PortForwarder] = {}  # cluster name -> local port to its Redis
 
     def __repr__(self) -> str:
         return f"KubernetesDriver(namespace={self.namespace!r}, access={self.access!r})"
@@ -129,6 +137,7 @@ class KubernetesDriver(Provider):
         return handle
 
     def stop_server(self, spec: ClusterSpec) -> None:
+        self._close_forward(spec)
         self.api.delete("pods", self.namespace, O.server_pod_name(spec))
         self.api.delete("services", self.namespace, O.service_name(spec))
 
@@ -214,6 +223,7 @@ class KubernetesDriver(Provider):
 
     # -- teardown, leftovers, logs ---------------------------------------------------------
     def stop(self, spec: ClusterSpec) -> None:
+        self._close_forward(spec)
         removed = self.cleanup(spec.name)
         log.info("cluster %s: deleted %d Kubernetes objects", spec.name, len(removed))
 
@@ -266,6 +276,11 @@ class KubernetesDriver(Provider):
         return "\n".join(parts)
 
     # -- helpers -------------------------------------------------------------------------
+    def _close_forward(self, spec: ClusterSpec) -> None:
+        fwd = self._forwards.pop(spec.name, None)
+        if fwd is not None:
+            fwd.close()
+
     def _ensure_secret(self, spec: ClusterSpec, secrets: ClusterSecrets) -> dict[str, Any]:
         body = O.secret(spec, secrets)
         created = self.api.create("secrets", self.namespace, body, exist_ok=True)
@@ -305,6 +320,13 @@ class KubernetesDriver(Provider):
         workers = Endpoint(O.service_dns(spec, self.namespace), self.redis_port)
         if self.access == "direct":
             return ServerHandle(driver=workers, workers=workers)
+        if self.access == "port-forward":
+            fwd = self._forwards.get(spec.name)
+            if fwd is None or not fwd.alive:
+                pod, port, ns = O.server_pod_name(spec), self.redis_port, self.namespace
+                fwd = PortForwarder(lambda: self.api.portforward(ns, pod, port), f"{ns}/{pod}:{port}")
+                self._forwards[spec.name] = fwd
+            return ServerHandle(driver=Endpoint("127.0.0.1", fwd.port), workers=workers)
         name = O.service_name(spec)
         host: list[str] = []
 
@@ -360,8 +382,8 @@ class KubernetesDriver(Provider):
             self._wait(ping, deadline - time.monotonic(), f"Redis at {at} to accept clients")
         except TimeoutError as exc:
             raise ProviderError(
-                f"{exc}: if the flow runs behind a NAT or proxy, set source_ranges to its egress "
-                "CIDR; if it runs inside the cluster, use access='direct'"
+                f"{exc}: with access='loadbalancer' behind a NAT or proxy, set source_ranges to the "
+                "egress CIDR; inside the cluster use access='direct'; else try access='port-forward'"
             ) from None
 
     def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:

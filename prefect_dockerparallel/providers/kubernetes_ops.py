@@ -153,6 +153,29 @@ class Api:
                 return False
             raise
 
+    def portforward(self, namespace: str, pod: str, port: int) -> tuple[Any, Any]:
+        """(PortForward, socket to the pod's port) over a WebSocket through the API server.
+
+        `kubernetes.stream.portforward` swaps `call_api` on the ApiClient it is given for the
+        duration of the call, so it gets an ApiClient of its own and one caller at a time.
+        """
+        from kubernetes import client as k8s
+        from kubernetes.stream import portforward
+
+        self._group("core")  # fresh credentials
+        with self._lock:
+            assert self._access is not None
+            if self._apis.get("stream_for") is not self._access:
+                stream_client = k8s.ApiClient(self._access.api_client.configuration)
+                self._apis["stream"] = k8s.CoreV1Api(stream_client)
+                self._apis["stream_for"] = self._access
+            core = self._apis["stream"]
+            try:
+                forward = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+            except Exception as exc:  # noqa: BLE001 - ApiException(status=0) wraps socket errors
+                raise ApiError(f"port-forward to pod {pod}:{port} failed: {getattr(exc, 'reason', exc)}") from None
+        return forward, forward.socket(port)
+
     def pod_log(self, namespace: str, name: str, tail: int) -> str:
         try:
             core = self._group("core")
