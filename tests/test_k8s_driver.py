@@ -173,6 +173,22 @@ def test_scale_up_after_a_worker_exited_cleanly_uses_a_new_job(fake_k8s, cluster
     assert set(jobs) == {f"{first}-1"} and jobs[f"{first}-1"]["spec"]["parallelism"] == 2
 
 
+def test_crash_looping_workers_stop_at_the_backoff_limit_with_the_reason(fake_k8s) -> None:
+    fake_k8s.kubelet.rewrite = lambda c: ["sh", "-c", "exit 1"] if "worker" in c[-1] else rewrite_startup(c)
+    drv, spec, secrets = make_driver(fake_k8s, backoff_limit=2), make_spec(), ClusterSecrets.generate()
+    try:
+        handle = drv.start_server(spec, secrets)
+        drv.set_worker_containers(spec, 1, secrets, handle)
+        job = f"dp-{spec.name}-workers"
+        assert wait_until(lambda: fake_k8s.store.get("jobs", "default", job)["status"].get("conditions"), 20)
+        assert fake_k8s.store.get("jobs", "default", job)["status"]["failed"] == 3
+        with pytest.raises(ProviderError, match="keep failing \\(BackoffLimitExceeded\\).*logs"):
+            drv.set_worker_containers(spec, 1, secrets, handle)
+        assert len(fake_k8s.store.list("jobs", "default")) == 1  # no new generation
+    finally:
+        drv.stop(spec)
+
+
 def test_worker_numbers_count_pending_pods_as_initializing(fake_k8s, driver: KubernetesDriver) -> None:
     spec = make_spec()
     labels = {"dockerparallel-cluster": spec.name, "dockerparallel-role": "worker",
