@@ -6,14 +6,18 @@
 
 Each scheduled run loads the ClusterConfig block "nightly" at its first task submission, so an
 edit of that block in the Prefect UI applies to the next run without restarting this process.
-`--interval SECONDS` replaces the cron schedule (handy for a demo or a test).
+`--interval SECONDS` replaces the cron schedule (handy for a demo or a test); its first run comes
+`--first-run-in` seconds after start instead of one interval later.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from prefect.schedules import Cron, Interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -27,10 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="nightly", help="deployment name")
     parser.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule (UTC)")
     parser.add_argument("--interval", type=float, help="run every N seconds instead of the cron schedule")
+    parser.add_argument("--first-run-in", type=float, default=5.0, help="with --interval: seconds to the first run")
     parser.add_argument("--paths", type=int, default=200_000, help="Monte Carlo paths per grid point")
     args = parser.parse_args(argv)
-    schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
-    nightly_sweep.serve(name=args.name, parameters={"paths": args.paths}, **schedule)
+    if args.interval:
+        anchor = datetime.now(timezone.utc) + timedelta(seconds=args.first_run_in)
+        schedule = Interval(timedelta(seconds=args.interval), anchor_date=anchor)
+    else:
+        schedule = Cron(args.cron, timezone="UTC")
+    nightly_sweep.serve(name=args.name, parameters={"paths": args.paths}, schedules=[schedule])
 
 
 if __name__ == "__main__":
