@@ -21,6 +21,7 @@ import base64
 import ipaddress
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -89,6 +90,7 @@ class KubernetesDriver(Provider):
         self.poll_interval = poll_interval
         self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
         self._forwards: dict[str, PortForwarder] = {}  # cluster name -> local port to its Redis
+        self._forwards_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"KubernetesDriver(namespace={self.namespace!r}, access={self.access!r})"
@@ -277,7 +279,8 @@ class KubernetesDriver(Provider):
 
     # -- helpers -------------------------------------------------------------------------
     def _close_forward(self, spec: ClusterSpec) -> None:
-        fwd = self._forwards.pop(spec.name, None)
+        with self._forwards_lock:
+            fwd = self._forwards.pop(spec.name, None)
         if fwd is not None:
             fwd.close()
 
@@ -321,11 +324,12 @@ class KubernetesDriver(Provider):
         if self.access == "direct":
             return ServerHandle(driver=workers, workers=workers)
         if self.access == "port-forward":
-            fwd = self._forwards.get(spec.name)
-            if fwd is None or not fwd.alive:
-                pod, port, ns = O.server_pod_name(spec), self.redis_port, self.namespace
-                fwd = PortForwarder(lambda: self.api.portforward(ns, pod, port), f"{ns}/{pod}:{port}")
-                self._forwards[spec.name] = fwd
+            with self._forwards_lock:
+                fwd = self._forwards.get(spec.name)
+                if fwd is None or not fwd.alive:
+                    pod, port, ns = O.server_pod_name(spec), self.redis_port, self.namespace
+                    fwd = PortForwarder(lambda: self.api.portforward(ns, pod, port), f"{ns}/{pod}:{port}")
+                    self._forwards[spec.name] = fwd
             return ServerHandle(driver=Endpoint("127.0.0.1", fwd.port), workers=workers)
         name = O.service_name(spec)
         host: list[str] = []
