@@ -186,3 +186,22 @@ def _secret_value(cls: type[Block], field: str) -> object:
     """A recognisable secret of the right shape for a SecretStr or SecretDict field."""
     annotation = str(cls.model_fields[field].annotation)
     return {"token": f"s3cr3t-{field}"} if "SecretDict" in annotation else SecretStr(f"s3cr3t-{field}")
+
+
+def test_collection_entry_point_exposes_every_block_type() -> None:
+    """A Prefect server imports installed collections at start and registers every Block class
+    they define: this is how the types reach the UI catalog without `prefect block register`."""
+    from importlib.metadata import entry_points
+
+    import prefect_dockerparallel
+    from prefect.plugins import load_prefect_collections
+
+    eps = {ep.name: ep.value for ep in entry_points(group="prefect.collections")}
+    if "prefect_dockerparallel" not in eps:
+        pytest.skip("prefect-dockerparallel is not installed as a distribution (pip install -e .)")
+    assert eps["prefect_dockerparallel"] == "prefect_dockerparallel"
+    assert "prefect_dockerparallel" in load_prefect_collections()
+    for cls in BLOCK_TYPES:
+        assert Block.get_block_class_from_key(cls.get_block_type_slug()) is cls
+        # `prefect block register -m prefect_dockerparallel` scans the package's attributes.
+        assert getattr(prefect_dockerparallel, cls.__name__) is cls
