@@ -22,6 +22,7 @@ log = logging.getLogger("prefect_dockerparallel.futures")
 
 # A converter turns an outcome tuple ("ok"|"err"|"lost"|"undecodable", value) into
 # (succeeded, value-or-exception) for the concurrent future.
+WAKE_UP = b"wake-up"
 Converter = Callable[[str, Any], tuple[bool, Any]]
 
 
@@ -117,7 +118,8 @@ class ResultListener:
                 self._stop.wait(0.5)
                 continue
             for raw in batch:
-                self._deliver(raw)
+                if raw != WAKE_UP:
+                    self._deliver(raw)
 
     def _deliver(self, raw: bytes) -> None:
         try:
@@ -135,6 +137,10 @@ class ResultListener:
 
     def close(self, reason: str = "the cluster stopped before the task finished") -> None:
         self._stop.set()
+        try:
+            self.queue.push_result(self.listener_id, WAKE_UP)  # end the blocking pop now
+        except Exception:  # noqa: BLE001 - Redis already gone: the pop times out by itself
+            pass
         self._thread.join(timeout=5)
         self.fail_all(reason)
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import redis
@@ -103,9 +104,9 @@ def watch(client: redis.Redis, proc: subprocess.Popen[bytes], cluster: str, idle
     driver_key = K.Keys(cluster).driver
     started = time.monotonic()
     seen_driver = False
-    stop = {"signal": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
-    while not stop["signal"]:
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    while not stop_event.is_set():
         if proc.poll() is not None:
             return f"redis-server exited with code {proc.returncode}"
         try:
@@ -116,7 +117,7 @@ def watch(client: redis.Redis, proc: subprocess.Popen[bytes], cluster: str, idle
             seen_driver = True
         elif seen_driver or time.monotonic() - started > idle_timeout:
             return "driver heartbeat gone"
-        time.sleep(1.0)
+        stop_event.wait(1.0)
     return "SIGTERM"
 
 
@@ -136,10 +137,7 @@ def main() -> int:
         reason = watch(client, proc, cluster, idle_timeout)
         log.info("shutting down: %s", reason)
     finally:
-        try:
-            client.shutdown(nosave=True)
-        except redis.RedisError:
-            pass  # SHUTDOWN closes the connection; an error here is the normal outcome
+        proc.terminate()  # redis-server treats SIGTERM as SHUTDOWN (no persistence configured)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

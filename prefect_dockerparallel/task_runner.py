@@ -194,7 +194,7 @@ def _upstream_futures(parameters: dict[str, Any], wait_for: Any) -> list[Prefect
         return expr
 
     visit_collection(parameters, visit_fn=collect, return_data=False)
-    found.extend(wait_for or [])
+    visit_collection(list(wait_for or []), visit_fn=collect, return_data=False)
     return found
 
 
@@ -202,7 +202,10 @@ def _futures_to_states(expr: Any) -> Any:
     """Replace finished futures by their final States (picklable; the engine resolves them)."""
 
     def visit(value: Any) -> Any:
-        return value.state if isinstance(value, PrefectFuture) else value
+        if isinstance(value, PrefectFuture):
+            value.wait()  # already finished: records the final state instead of asking the API
+            return value.state
+        return value
 
     return visit_collection(expr, visit_fn=visit, return_data=True)
 
@@ -232,7 +235,7 @@ class _Dispatch:
     def run(self, raise_errors: bool, deferred: bool = False) -> None:
         try:
             parameters = _futures_to_states(self.parameters) if deferred else self.parameters
-            wait_for = [f.state for f in self.wait_for] if self.wait_for else None
+            wait_for = _futures_to_states(list(self.wait_for)) if self.wait_for else None
             envelope = self.session.builder.build(
                 self.ident, self.task, self.task_run_id, parameters, wait_for, self.dependencies
             )

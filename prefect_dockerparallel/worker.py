@@ -223,14 +223,23 @@ class WorkerSlot:
             env = self.signer.open(envelope)
             if env.kind != KIND_TASK:
                 raise EnvelopeError(f"unexpected envelope kind {env.kind!r}")
-            call = self.blobs.loads(env.body)
-        except Exception as exc:  # noqa: BLE001 - never let a bad envelope kill the worker
+        except EnvelopeError as exc:  # unauthenticated: drop it unread, tell the driver
             msg = f"worker {self.worker_id} rejected an envelope: {exc}"
             log.error(msg)
             self.queue.report_error(msg)
             self.queue.ack(self.worker_id, envelope, "", None)
             return
-        _, task_id, listener = K.split_ident(env.ident)
+        _, _, listener = K.split_ident(env.ident)
+        try:
+            call = self.blobs.loads(env.body)
+        except Exception as exc:  # noqa: BLE001 - authentic but not loadable here: fail loudly
+            hint = ModuleNotFoundError if isinstance(exc, ModuleNotFoundError) else None
+            err = RuntimeError(
+                f"worker {self.worker_id} could not load the task: {exc!r}"
+                + ("; install the module in the worker image or add it to pip_packages" if hint else "")
+            )
+            self.queue.ack(self.worker_id, envelope, listener, self.signer.dumps(KIND_RESULT, env.ident, ("err", err)))
+            return
         outcome = self.execute(call)
         self.queue.ack(self.worker_id, envelope, listener, self.seal_result(env.ident, outcome, call))
 

@@ -23,15 +23,14 @@ import pytest  # noqa: E402
 from helpers import cluster_processes, wait_until  # noqa: E402
 from prefect_server import shared_server  # noqa: E402
 
+# One real Prefect server for the whole session, set in the environment before Prefect is
+# imported, so every thread (Prefect's event-loop threads too) and every subprocess sees it.
+os.environ["PREFECT_API_URL"] = shared_server().api_url
 
-@pytest.fixture(scope="session", autouse=True)
+
+@pytest.fixture(scope="session")
 def prefect_server_session():
-    """All tests talk to one real Prefect server (started lazily, stopped at exit)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    server = shared_server()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server
+    return shared_server()
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ def cluster_processes(cluster: str | None = None) -> list[psutil.Process]:
                 continue
             if "prefect_dockerparallel.worker" in cmd or "prefect_dockerparallel.server" in cmd or "redis-server" in cmd:
                 env = proc.info["environ"] or {}
-                if "redis-server" in cmd and "DOCKERPARALLEL_CLUSTER" not in env:
-                    continue  # a redis-server that is not ours (e.g. a system one)
+                if env.get("DOCKERPARALLEL_STATE_DIR") != os.environ.get("DOCKERPARALLEL_STATE_DIR"):
+                    continue  # not started by this test session (another run, a system redis)
                 if cluster is None or env.get("DOCKERPARALLEL_CLUSTER") == cluster:
                     found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):

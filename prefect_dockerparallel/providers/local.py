@@ -108,7 +108,10 @@ class LocalDriver(Provider):
             return None
 
     def _spawn(self, spec: ClusterSpec, entrypoint: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        full_env = {**os.environ, **env}
+        # Local workers see the driver's import path, so tasks defined in the user's own
+        # modules unpickle without installing them (a cloud image must contain them instead).
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **env}
         log = open(self._log_path(spec.name), "ab")
         try:
             return subprocess.Popen(
@@ -204,9 +207,13 @@ class LocalDriver(Provider):
     def stop(self, spec: ClusterSpec) -> None:
         state = self._load_state(spec.name) or {}
         cluster = self._clusters.pop(spec.name, None)
-        procs = (cluster.workers + ([cluster.server] if cluster.server else [])) if cluster else []
-        pids = [] if cluster else [*state.get("worker_pids", []), state.get("server_pid")]
-        _terminate(procs, pids)
+        # Workers first, so none of them is left talking to a Redis that is going away.
+        if cluster:
+            _terminate(cluster.workers, [])
+            _terminate([cluster.server] if cluster.server else [], [])
+        else:
+            _terminate([], state.get("worker_pids", []))
+            _terminate([], [state.get("server_pid")])
         self._state_path(spec.name).unlink(missing_ok=True)
 
     def logs(self, spec: ClusterSpec, tail: int = 200) -> str:

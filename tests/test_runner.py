@@ -1,0 +1,286 @@
+"""DockerParallelTaskRunner end to end: real Prefect server, real redis-server, real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass
+
+import pytest
+from prefect import flow, task
+from prefect.futures import as_completed, wait
+from prefect.utilities.annotations import allow_failure, unmapped
+
+from prefect_dockerparallel import DockerParallelTaskRunner
+from prefect_dockerparallel.submission import UnpicklableParameter
+
+pytestmark = pytest.mark.usefixtures("no_leftover_processes")
+
+
+class CustomError(Exception):
+    pass
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+@task
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@task
+def pid() -> int:
+    return os.getpid()
+
+
+@task
+def explode(message: str) -> None:
+    raise CustomError(message)
+
+
+@task
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+@task
+def norm(p: Point) -> int:
+    return p.x * p.x + p.y * p.y
+
+
+@task
+def sleepy(seconds: float, value: int) -> int:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+@task(timeout_seconds=1)
+def too_slow() -> None:
+    import time
+
+    time.sleep(30)
+
+
+@task(retries=2, retry_delay_seconds=0)
+def flaky(marker_dir: str) -> int:
+    """Fails on the first two attempts; counts attempts with files (attempts may hop workers)."""
+    attempts = len(os.listdir(marker_dir))
+    open(os.path.join(marker_dir, str(attempts)), "w").close()
+    if attempts < 2:
+        raise CustomError(f"attempt {attempts}")
+    return attempts
+
+
+@task
+def submit_children(n: int) -> list[int]:
+    futures = [add.submit(i, 100) for i in range(n)]
+    return [f.result() for f in futures]
+
+
+@task
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def runner(**kw):
+    kw.setdefault("workers", 2)
+    return DockerParallelTaskRunner(**kw)
+
+
+def test_success_failure_async_and_dataclass_in_one_flow():
+    @flow(task_runner=runner())
+    def mixed():
+        ok = add.submit(2, 3)
+        bad = explode.submit("kaboom")
+        coro = async_double.submit(21)
+        dc = norm.submit(Point(3, 4))
+        return ok.result(), bad.result(raise_on_failure=False), coro.result(), dc.result(), pid.submit().result()
+
+    ok, bad, coro, dc, worker_pid = mixed()
+    assert ok == 5
+    assert isinstance(bad, CustomError) and str(bad) == "kaboom"
+    assert coro == 42
+    assert dc == 25
+    assert worker_pid != os.getpid()
+
+
+def test_failure_surfaces_original_exception_type():
+    @flow(task_runner=runner())
+    def failing():
+        return explode.submit("original message").result()
+
+    with pytest.raises(CustomError, match="original message"):
+        failing()
+
+
+def test_timeout_and_retries():
+    import tempfile
+
+    marker_dir = tempfile.mkdtemp()
+
+    @flow(task_runner=runner())
+    def f():
+        slow = too_slow.submit()
+        retried = flaky.submit(marker_dir)
+        slow.wait()
+        return slow.state, retried.result()
+
+    slow_state, attempts = f()
+    assert slow_state.is_failed() and slow_state.name == "TimedOut"
+    assert attempts == 2  # third run succeeded after two failures
+
+
+def test_as_completed_order_and_wait_for_and_allow_failure():
+    @flow(task_runner=runner())
+    def f():
+        futures = [sleepy.submit(d, i) for i, d in enumerate([1.5, 0.1, 0.8])]
+        order = [fut.result() for fut in as_completed(futures)]
+        first = explode.submit("upstream failed")
+        after = add.submit(1, 1, wait_for=[allow_failure(first)])
+        blocked = add.submit(2, 2, wait_for=[first])
+        done, not_done = wait([after, blocked], timeout=60)
+        return order, after.result(), blocked.state
+
+    order, after, blocked_state = f()
+    assert order == [1, 2, 0]
+    assert after == 2
+    assert not blocked_state.is_completed()
+
+
+def test_upstream_futures_as_parameters_and_unmapped():
+    @flow(task_runner=runner())
+    def f():
+        base = add.submit(10, 5)
+        chained = add.submit(base, 1)  # a future as a parameter
+        mapped = add.map([1, 2, 3], unmapped(base))
+        return chained.result(), mapped.result()
+
+    chained, mapped = f()
+    assert chained == 16
+    assert mapped == [16, 17, 18]
+
+
+def test_nested_submission_inside_a_remote_task():
+    @flow(task_runner=runner(workers=3))
+    def f():
+        return submit_children.submit(3).result()
+
+    assert f() == [100, 101, 102]
+
+
+def test_five_hundred_mapped_tasks():
+    @flow(task_runner=runner())
+    def f():
+        return add.map(range(500), unmapped(1)).result()
+
+    assert f() == [i + 1 for i in range(500)]
+
+
+def test_unpicklable_result_becomes_a_clear_failed_state():
+    @flow(task_runner=runner())
+    def f():
+        fut = unpicklable_result.submit()
+        fut.wait()
+        return fut.state.is_failed(), fut.state.message  # returning a Failed state fails the flow
+
+    failed, message = f()
+    assert failed
+    assert "could not be serialized" in message
+
+
+def test_async_flow():
+    @flow(task_runner=runner())
+    async def f():
+        futures = async_double.map([1, 2, 3])
+        return futures.result()
+
+    assert asyncio.run(f()) == [2, 4, 6]
+
+
+def test_workers_are_told_the_drivers_api_url():
+    """Task runs executed on workers are recorded by the same Prefect server."""
+    from prefect import get_client
+
+    @flow(task_runner=runner())
+    def f():
+        fut = add.submit(1, 2)
+        fut.wait()
+        return fut.task_run_id
+
+    task_run_id = f()
+    with get_client(sync_client=True) as client:
+        from helpers import wait_until
+
+        run = wait_until(lambda: _read(client, task_run_id), 30, interval=0.2)
+    assert run is not None and run.state.is_completed()
+
+
+def _read(client, task_run_id):
+    try:
+        run = client.read_task_run(task_run_id)
+        return run if run.state and run.state.is_completed() else None
+    except Exception:
+        return None
+
+
+# -- bad input: clear errors naming the field, before anything is provisioned --------------
+def test_negative_workers_is_rejected():
+    with pytest.raises(ValueError, match="workers=-1"):
+        DockerParallelTaskRunner(workers=-1)
+
+
+def test_unknown_provider_is_rejected():
+    with pytest.raises(ValueError, match="provider"):
+        DockerParallelTaskRunner(provider="gcp")
+
+    class Weird:
+        kind = "gcp"
+
+    with pytest.raises(ValueError, match="'gcp' is unknown"):
+        DockerParallelTaskRunner(provider=Weird())
+
+
+def test_unknown_argument_is_rejected():
+    with pytest.raises(TypeError, match="worker_count"):
+        DockerParallelTaskRunner(worker_count=3)
+
+
+def test_unpicklable_parameter_names_the_parameter():
+    @flow(task_runner=runner(workers=1))
+    def f():
+        return add.submit(threading.Lock(), 1)
+
+    with pytest.raises(UnpicklableParameter, match="parameter 'a' of task 'add'"):
+        f()
+
+
+def test_payload_over_the_limit_is_rejected():
+    @flow(task_runner=runner(workers=1, max_payload_bytes=10_000))
+    def f():
+        return add.submit(b"x" * 50_000, b"")
+
+    with pytest.raises(ValueError, match="max_payload_bytes=10000"):
+        f()
+
+
+def test_runner_pickles_without_provider_or_secrets():
+    import cloudpickle
+    from pydantic import SecretStr
+
+    from prefect_dockerparallel import LocalProvider
+
+    r = DockerParallelTaskRunner(provider=LocalProvider(), workers=2)
+    copy = cloudpickle.loads(cloudpickle.dumps(r))
+    assert copy.overrides == {} and copy._shipped
+    assert r == r.duplicate()
+    named = cloudpickle.loads(cloudpickle.dumps(DockerParallelTaskRunner("nightly")))
+    assert named.cluster == "nightly"
+    assert SecretStr  # imported only to document intent: secrets never travel
