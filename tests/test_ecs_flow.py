@@ -76,3 +76,64 @@ def _spec(name: str):  # noqa: ANN202
     from prefect_dockerparallel.specs import ClusterSpec
 
     return ClusterSpec(name=name)
+
+
+@task
+def slow(x: int, marker_dir: str) -> int:
+    from pathlib import Path
+
+    Path(marker_dir, f"{x}-{os.getpid()}").write_text("started")
+    time.sleep(3)
+    return x + 100
+
+
+def test_spot_interruption_requeues_the_workers_tasks(
+    ecs: tuple[str, FakeFargateAgent], tmp_path, no_leftover_processes: None
+) -> None:
+    """ECS stops a busy Spot worker task (SIGTERM): its tasks go back to the queue, the cluster
+    starts a replacement task, every result comes back right, and it is not counted a failure."""
+    import threading
+
+    import boto3
+    import psutil
+
+    url, agent = ecs
+    driver = make_driver(
+        url,
+        endpoint_map=agent.map_endpoint,
+        poll_interval=0.1,
+        start_timeout=60,
+        stop_timeout=20,
+        spot_workers=True,
+    )
+    ecs_client = boto3.client(
+        "ecs", endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    interrupted: list[str] = []
+    stop = threading.Event()
+
+    def reclaim() -> None:  # plays AWS reclaiming Spot capacity under a busy worker
+        started = wait_until(lambda: stop.is_set() or list(tmp_path.iterdir()), 120)
+        if started is True or not started:
+            return
+        pid = int(started[0].name.split("-")[1])
+        parents = {p.pid for p in psutil.Process(pid).parents()} | {pid}
+        arn = next(a for a, p in list(agent.procs.items()) if p.pid in parents)
+        interrupted.append(arn)
+        ecs_client.stop_task(cluster=ECS_CLUSTER, task=arn, reason="Your Spot Task was interrupted.")
+
+    @flow(task_runner=DockerParallelTaskRunner(provider=driver, container=TEST_CONTAINER, workers=4))
+    def resilient(marker_dir: str) -> list[int]:
+        return slow.map(range(6), marker_dir=marker_dir).result()
+
+    thread = threading.Thread(target=reclaim, daemon=True)
+    thread.start()
+    try:
+        assert resilient(str(tmp_path)) == [100 + i for i in range(6)]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert interrupted, "no worker task was interrupted"
+    runs = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    assert len(runs) > 6, f"no task ran twice after the interruption: {runs}"
+    assert wait_until(lambda: not agent.running(), 30), agent.running()
