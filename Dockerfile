@@ -20,7 +20,7 @@ RUN apt-get update \
 ARG PREFECT_VERSION=">=3.9,<4"
 ARG EXTRA_PIP_PACKAGES=""
 WORKDIR /opt/prefect-dockerparallel
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md* ./
 COPY prefect_dockerparallel ./prefect_dockerparallel
 RUN pip install --no-cache-dir . "prefect${PREFECT_VERSION}" ${EXTRA_PIP_PACKAGES} \
  && python -c "import prefect_dockerparallel.worker, prefect_dockerparallel.server" \
