@@ -15,7 +15,7 @@ import re
 from typing import Any, Literal, Optional, Union
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .aks_block import AKSProvider
 from .ecs_block import ECSFargateProvider
@@ -371,6 +371,17 @@ class ClusterConfig(Block):
                     "or '.', starting and ending with a letter or digit"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _provider_sizes(self) -> "ClusterConfig":
+        """Fargate accepts only fixed CPU/memory pairs: check them when the block is saved or
+        loaded (so a bad edit in the UI fails with the fix), not when a run starts paying."""
+        if getattr(self.provider, "kind", None) == "ecs":
+            from .providers.fargate_sizes import check_exact, worker_container_size
+
+            check_exact(self.server_cpu, self.server_memory, "server_cpu/server_memory: server")
+            worker_container_size(self.worker_cpu, self.worker_memory, self.container.workers_per_container)
+        return self
 
     def merged(self, **overrides: Any) -> "ClusterConfig":
         """A copy with the non-None `overrides` applied, validated like the block itself.

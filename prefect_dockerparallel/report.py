@@ -107,8 +107,16 @@ def cluster_summary_markdown(
             worker_numbers.initializing,
         )
     slots = max(1, workers_per_container)
-    vcpu = worker_cpu * slots / 1024.0
-    memory_gb = worker_memory * slots / 1024.0
+    cpu_units, memory_mb = worker_cpu * slots, worker_memory * slots
+    if provider_kind == "ecs":
+        # The ECS provider rounds each worker task up to the next valid Fargate size.
+        from .providers.fargate_sizes import round_up
+
+        size = round_up(cpu_units, memory_mb)
+        if size is not None:
+            cpu_units, memory_mb = size.cpu, size.memory
+    vcpu = cpu_units / 1024.0
+    memory_gb = memory_mb / 1024.0
     worker_cost = fargate_cost_usd(container_seconds, vcpu, memory_gb, containers_started, prices)
     server_cost = (
         fargate_cost_usd(server_seconds, server_cpu / 1024.0, server_memory / 1024.0, 1, prices)

@@ -205,3 +205,14 @@ def test_collection_entry_point_exposes_every_block_type() -> None:
         assert Block.get_block_class_from_key(cls.get_block_type_slug()) is cls
         # `prefect block register -m prefect_dockerparallel` scans the package's attributes.
         assert getattr(prefect_dockerparallel, cls.__name__) is cls
+
+
+def test_invalid_fargate_sizes_fail_when_the_block_is_built() -> None:
+    ecs = ECSFargateProvider()
+    with pytest.raises(ValidationError, match="server_cpu/server_memory"):
+        ClusterConfig(provider=ecs, server_cpu=256, server_memory=4096)
+    with pytest.raises(ValidationError, match="workers_per_container"):
+        ClusterConfig(provider=ecs, worker_cpu=16384, worker_memory=32768, container=WorkerContainer(workers_per_container=2))
+    # The same sizes are fine for providers without Fargate's fixed pairs.
+    ClusterConfig(provider=LocalProvider(), server_cpu=256, server_memory=4096)
+    assert ClusterConfig(provider=ecs, worker_cpu=512, worker_memory=1024).provider.kind == "ecs"

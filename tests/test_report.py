@@ -91,3 +91,10 @@ def test_summary_artifact_is_linked_to_the_flow_run_even_outside_its_context() -
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
         )
     assert [(a.key, a.type, a.data) for a in found] == [(key, "markdown", md)]
+
+
+def test_ecs_worker_tasks_are_priced_at_the_rounded_up_fargate_size() -> None:
+    # 3 slots of 512 CPU / 1024 MB = 1536 / 3072: Fargate runs it as 2048 / 4096.
+    md = cluster_summary_markdown("ecs", (3, 3, 0), 3600, 512, 1024, workers_per_container=3)
+    assert "2 vCPU, 4 GB" in md
+    assert f"${2 * 0.04048 + 4 * 0.004445:,.4f}" in md
