@@ -237,6 +237,8 @@ def test_server_failure_is_reported_with_its_log(fake_k8s) -> None:
     try:
         with pytest.raises(ProviderError, match=r"exited with code 3(.|\n)*cannot allocate memory"):
             drv.start_server(spec, ClusterSecrets.generate())
+        # A failed start removes what it created.
+        assert wait_until(lambda: not fake_k8s.labelled(f"dockerparallel-cluster={spec.name}"), 20)
     finally:
         drv.stop(spec)
 

@@ -29,6 +29,7 @@ from . import kubernetes_objects as O
 from .azure import AzureCredentials
 from .base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
 from .kubernetes_forward import PortForwarder
+from .kubernetes_inventory import plan_workers, summarize
 from .kubernetes_ops import Api, pod_failure, pod_ready
 from ..specs import (
     ClusterRecord,
@@ -42,7 +43,6 @@ from ..specs import (
 log = logging.getLogger(__name__)
 ACCESS_MODES = ("auto", "port-forward", "loadbalancer", "direct")
 DEFAULT_EGRESS_IP_URL = "https://api.ipify.org"
-STARTING_GRACE = 300.0  # a cluster younger than this without a server pod is starting, not dead
 
 
 class KubernetesDriver(Provider):
@@ -111,30 +111,43 @@ class KubernetesDriver(Provider):
 
     # -- server --------------------------------------------------------------------------
     def start_server(self, spec: ClusterSpec, secrets: ClusterSecrets) -> ServerHandle:
+        """Create (or find) the Secret, Service and server pod; wait until Redis answers.
+
+        A start that fails after creating the cluster's Secret deletes what it created, so a
+        failed flow run leaves nothing to pay for.
+        """
         self.validate(spec)
-        parent = self._ensure_secret(spec, secrets)
         lb = self.access == "loadbalancer"
-        ranges = self._source_ranges() if lb else []
-        svc = O.service(
-            spec, self.redis_port, parent, load_balancer=lb, source_ranges=ranges,
-            annotations=self.service_annotations,
-        )
-        self.api.create("services", self.namespace, svc, exist_ok=True)
-        pod_name = O.server_pod_name(spec)
-        existing = self.api.get("pods", self.namespace, pod_name)
-        if existing is not None and existing["status"].get("phase") in ("Succeeded", "Failed"):
-            log.info("server pod %s had exited; replacing it", pod_name)
-            self.api.delete("pods", self.namespace, pod_name)
-            self._wait(lambda: self.api.get("pods", self.namespace, pod_name) is None, 60, "old server pod to go")
-            existing = None
-        if existing is None:
-            env = server_env(spec, secrets, port=self.redis_port)
-            body = O.server_pod(spec, env, self.redis_port, parent, self.options)
-            self.api.create("pods", self.namespace, body, exist_ok=True)
-        deadline = time.monotonic() + self.start_timeout
-        self._wait_server_pod(pod_name, deadline)
-        handle = self._handle(spec, deadline)
-        self._wait_redis(handle.driver, secrets.redis_password, deadline)
+        ranges = self._source_ranges() if lb else []  # before creating anything
+        parent, created = self._ensure_secret(spec, secrets)
+        try:
+            svc = O.service(
+                spec, self.redis_port, parent, load_balancer=lb, source_ranges=ranges,
+                annotations=self.service_annotations,
+            )
+            self.api.create("services", self.namespace, svc, exist_ok=True)
+            pod_name = O.server_pod_name(spec)
+            existing = self.api.get("pods", self.namespace, pod_name)
+            if existing is not None and existing["status"].get("phase") in ("Succeeded", "Failed"):
+                log.info("server pod %s had exited; replacing it", pod_name)
+                self.api.delete("pods", self.namespace, pod_name)
+                self._wait(lambda: self.api.get("pods", self.namespace, pod_name) is None, 60, "old server pod to go")
+                existing = None
+            if existing is None:
+                env = server_env(spec, secrets, port=self.redis_port)
+                body = O.server_pod(spec, env, self.redis_port, parent, self.options)
+                self.api.create("pods", self.namespace, body, exist_ok=True)
+            deadline = time.monotonic() + self.start_timeout
+            self._wait_server_pod(pod_name, deadline)
+            handle = self._handle(spec, deadline)
+            self._wait_redis(handle.driver, secrets.redis_password, deadline)
+        except BaseException:
+            if created:
+                try:
+                    self.stop(spec)
+                except Exception as exc:  # noqa: BLE001 - the original error matters more
+                    log.warning("could not remove cluster %s after a failed start: %s", spec.name, exc)
+            raise
         log.info("cluster %s: Redis reachable at %s (workers use %s)", spec.name, handle.driver, handle.workers)
         return handle
 
@@ -174,41 +187,22 @@ class KubernetesDriver(Provider):
         down), so scaling up after that needs a new Job generation. Pods of older generations
         keep running and count toward `count`.
         """
-        jobs = sorted(
-            self.api.list("jobs", self.namespace, O.cluster_selector(spec.name) + f",{O.ROLE_LABEL}=worker"),
-            key=_generation,
-        )
-        usable = [j for j in jobs if _job_usable(j)]
-        current = usable[-1] if usable else None
-        remaining = count
-        for job in jobs:
-            if job is current:
-                continue
-            failed = _job_condition(job, "Failed")
-            if failed:
-                raise ProviderError(
-                    f"worker pods of cluster {spec.name} keep failing ({failed}); see "
-                    f"`prefect-dockerparallel logs {spec.name} --provider aks`"
-                )
-            active = int(job["status"].get("active") or 0)
-            keep = min(active, remaining)
-            remaining -= keep
-            if active == 0:
-                self.api.delete("jobs", self.namespace, job["metadata"]["name"])
-            elif keep < int(job["spec"].get("parallelism") or 0):
-                self.api.patch("jobs", self.namespace, job["metadata"]["name"], {"spec": {"parallelism": keep}})
-        if current is not None:
-            if int(current["spec"].get("parallelism") or 0) != remaining:
-                body = {"spec": {"parallelism": remaining}}
-                self.api.patch("jobs", self.namespace, current["metadata"]["name"], body)
-            return
-        if remaining <= 0:
-            return
-        parent = self._parent(spec)
-        env = worker_env(spec, secrets, server.workers, tls=server.tls)
-        gen = (_generation(jobs[-1]) + 1) if jobs else 0
-        body = O.worker_job(spec, env, remaining, gen, parent, self.options)
-        self.api.create("jobs", self.namespace, body)
+        jobs = self.api.list("jobs", self.namespace, O.cluster_selector(spec.name) + f",{O.ROLE_LABEL}=worker")
+        plan = plan_workers(jobs, count)
+        if plan.failed:
+            raise ProviderError(
+                f"worker pods of cluster {spec.name} keep failing ({plan.failed}); see "
+                f"`prefect-dockerparallel logs {spec.name} --provider aks`"
+            )
+        for name in plan.deletes:
+            self.api.delete("jobs", self.namespace, name)
+        for name, parallelism in plan.patches:
+            self.api.patch("jobs", self.namespace, name, {"spec": {"parallelism": parallelism}})
+        if plan.create:
+            parent = self._parent(spec)
+            env = worker_env(spec, secrets, server.workers, tls=server.tls)
+            body = O.worker_job(spec, env, plan.create, plan.generation, parent, self.options)
+            self.api.create("jobs", self.namespace, body)
 
     def worker_containers(self, spec: ClusterSpec) -> ContainerCounts:
         running = initializing = 0
@@ -245,27 +239,10 @@ class KubernetesDriver(Provider):
         return removed
 
     def list_clusters(self) -> list[ClusterRecord]:
-        found: dict[str, dict[str, Any]] = {}
+        objects = []
         for kind in ("secrets", "services", "jobs", "pods"):
-            for obj in self.api.list(kind, self.namespace, O.cluster_selector()):
-                meta = obj["metadata"]
-                name = meta["labels"].get(O.CLUSTER_LABEL)
-                entry = found.setdefault(
-                    name, {"flow_run": None, "resources": [], "alive": False, "young": False}
-                )
-                entry["flow_run"] = entry["flow_run"] or meta["labels"].get(O.FLOW_RUN_LABEL)
-                entry["resources"].append(f"{obj['kind']}/{meta['name']}")
-                role = meta["labels"].get(O.ROLE_LABEL)
-                if kind == "pods" and role == "server" and not meta.get("deletionTimestamp"):
-                    entry["alive"] |= obj["status"].get("phase") in ("Pending", "Running")
-                if kind == "secrets" and _age(meta) < STARTING_GRACE:
-                    entry["young"] = True
-        out = []
-        for name, e in sorted(found.items()):
-            has_server = any(r.startswith("Pod/") and r.endswith("-server") for r in e["resources"])
-            alive = e["alive"] or (e["young"] and not has_server)
-            out.append(ClusterRecord(name, self.kind, e["flow_run"], tuple(e["resources"]), alive))
-        return out
+            objects += self.api.list(kind, self.namespace, O.cluster_selector())
+        return summarize(objects, self.kind)
 
     def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
         parts = []
@@ -284,7 +261,8 @@ class KubernetesDriver(Provider):
         if fwd is not None:
             fwd.close()
 
-    def _ensure_secret(self, spec: ClusterSpec, secrets: ClusterSecrets) -> dict[str, Any]:
+    def _ensure_secret(self, spec: ClusterSpec, secrets: ClusterSecrets) -> tuple[dict[str, Any], bool]:
+        """(parent reference, whether this call created it)."""
         body = O.secret(spec, secrets)
         created = self.api.create("secrets", self.namespace, body, exist_ok=True)
         if created is None:  # existed: same cluster (idempotent start) only with the same secrets
@@ -295,7 +273,7 @@ class KubernetesDriver(Provider):
                     "credentials: reconnect to it, choose another name, or run "
                     f"`prefect-dockerparallel clusters cleanup --provider aks --name {spec.name}`"
                 )
-        return self._parent(spec)
+        return self._parent(spec), created is not None
 
     def _parent(self, spec: ClusterSpec) -> dict[str, Any]:
         obj = self.api.get("secrets", self.namespace, O.secret_name(spec))
@@ -398,41 +376,6 @@ class KubernetesDriver(Provider):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"timed out waiting for {what}")
             time.sleep(self.poll_interval)
-
-
-def _generation(job: dict[str, Any]) -> int:
-    try:
-        return int(job["metadata"]["labels"].get(O.GENERATION_LABEL, 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def _job_condition(job: dict[str, Any], kind: str) -> str | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind and cond.get("status") == "True":
-            return cond.get("reason") or cond.get("message") or kind
-    return None
-
-
-def _job_usable(job: dict[str, Any]) -> bool:
-    """Whether raising parallelism on this Job still creates pods."""
-    status = job.get("status") or {}
-    return not (
-        int(status.get("succeeded") or 0) > 0
-        or _job_condition(job, "Complete")
-        or _job_condition(job, "Failed")
-        or job["metadata"].get("deletionTimestamp")
-    )
-
-
-def _age(meta: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    stamp = meta.get("creationTimestamp")
-    if not stamp:
-        return 0.0
-    created = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    return time.time() - created.timestamp()
 
 
 def from_env() -> KubernetesDriver:
