@@ -30,13 +30,19 @@ def cluster_processes(cluster: str | None = None) -> list[psutil.Process]:
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.pid == me:
                 continue
-            if "prefect_dockerparallel.worker" in cmd or "prefect_dockerparallel.server" in cmd or "redis-server" in cmd:
+            if "prefect_dockerparallel.worker" in cmd or "prefect_dockerparallel.server" in cmd:
                 env = proc.info["environ"] or {}
                 if env.get("DOCKERPARALLEL_STATE_DIR") != os.environ.get("DOCKERPARALLEL_STATE_DIR"):
                     continue  # not started by this test session (another run, a system redis)
                 if cluster is None or env.get("DOCKERPARALLEL_CLUSTER") == cluster:
                     found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    # redis-server rewrites its process title over its environment: find it as a child instead
+    for proc in list(found):
+        try:
+            found.extend(c for c in proc.children(recursive=True) if c not in found)
+        except psutil.NoSuchProcess:
             continue
     return found
 

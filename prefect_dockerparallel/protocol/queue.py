@@ -8,7 +8,6 @@ pending list (bounded by `max_attempts`) and reports the tasks that ran out of a
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from dataclasses import dataclass
 
@@ -48,11 +47,13 @@ return out
 
 
 def versions() -> dict[str, str]:
-    """Versions whose mismatch would corrupt an unpickle; Prefect's is added by the caller."""
+    """Versions whose mismatch would corrupt an unpickle; Prefect's is added by the caller.
+
+    The CPU architecture is not among them: pickles are portable between arm64 and x86_64.
+    """
     return {
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "cloudpickle": cloudpickle.__version__,
-        "platform": platform.machine(),
     }
 
 
