@@ -281,3 +281,15 @@ def test_rejected_credentials_and_missing_rbac_are_named(fake_k8s) -> None:
     with pytest.raises(ProviderError, match="HTTP 401.*credentials rejected"):
         drv.start_server(make_spec(), ClusterSecrets.generate())
     assert writes(fake_k8s) == 0 or fake_k8s.store.list("secrets", None) == []
+
+
+def test_an_unreachable_api_server_is_named() -> None:
+    from k8s_fixtures import free_port
+
+    port = free_port()
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "x",
+              "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+              "contexts": [{"name": "x", "context": {"cluster": "x", "user": "u"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}]}
+    with pytest.raises(ProviderError, match=f"API at http://127.0.0.1:{port} unreachable"):
+        KubernetesDriver(kubeconfig=config).list_clusters()

@@ -81,6 +81,7 @@ class Api:
 
     def _call(self, kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
         group, suffix = KINDS[kind]
         delay = 0.5
@@ -101,12 +102,16 @@ class Api:
                     delay = min(delay * 2, 10)
                     continue
                 raise ApiError(_describe(exc, kind, verb), exc.status) from None
-            except OSError as exc:  # connection refused / reset (urllib3 errors subclass it)
-                if attempt < self.max_attempts:
+            except (OSError, Urllib3Error) as exc:  # refused / reset / TLS (urllib3 already retried)
+                if attempt < min(self.max_attempts, 3):
                     time.sleep(delay)
                     delay = min(delay * 2, 10)
                     continue
-                raise ApiError(f"Kubernetes API unreachable ({type(exc).__name__}: {exc})") from None
+                host = getattr(self._access.api_client.configuration, "host", "?") if self._access else "?"
+                raise ApiError(
+                    f"Kubernetes API at {host} unreachable ({type(exc).__name__}); check the "
+                    "kubeconfig's server address and that this machine can reach it"
+                ) from None
         raise AssertionError("unreachable")
 
     # -- verbs ---------------------------------------------------------------------------
