@@ -242,11 +242,8 @@ class LocalProvider(Block):
         return LocalDriver(redis_server_path=self.redis_server_path, python=self.python)
 
 
-_KIND_BY_SLUG = {
-    "dockerparallel-local-provider": "local",
-    "dockerparallel-ecs-fargate-provider": "ecs",
-    "dockerparallel-aks-provider": "aks",
-}
+PROVIDER_BLOCKS: tuple[type[Block], ...] = (LocalProvider, ECSFargateProvider, AKSProvider)
+_KIND_BY_SLUG = {cls.get_block_type_slug(): cls.model_fields["kind"].default for cls in PROVIDER_BLOCKS}
 
 
 def _any_of(schema: dict[str, Any]) -> None:
