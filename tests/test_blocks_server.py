@@ -52,6 +52,14 @@ def test_block_types_appear_in_the_catalog(registered: PrefectServer) -> None:
         bt = catalog[slug]
         assert bt["description"] and bt["documentation_url"] and bt["code_example"], slug
         assert "BLOCK_NAME" in bt["code_example"]
+    # The registered ClusterConfig schema: provider as `anyOf` block references (what the UI's
+    # form can render), nested provider secrets declared so the API masks them.
+    api = f"{registered.api_url}"
+    cc_id = catalog["dockerparallel-cluster-config"]["id"]
+    schemas = httpx.post(f"{api}/block_schemas/filter", json={"block_schemas": {"block_type_id": {"any_": [cc_id]}}})
+    fields = schemas.raise_for_status().json()[0]["fields"]
+    assert "oneOf" not in fields["properties"]["provider"] and len(fields["properties"]["provider"]["anyOf"]) == 3
+    assert any(s.startswith("provider.") for s in fields["secret_fields"]), fields["secret_fields"]
 
 
 def test_prefect_block_register_cli_registers_all_five(prefect_api: PrefectServer) -> None:  # noqa: F811
