@@ -38,7 +38,8 @@ class FakeAzure(ThreadingHTTPServer):
         self.arm_status = 200
         self.kubeconfig: dict[str, Any] = {}
         self.calls: list[dict[str, Any]] = []
-        self.tokens: dict[str, str] = {}  # scope -> token issued
+        self.tokens: dict[str, str] = {}  # scope -> last token issued
+        self.issued = 0
 
     @property
     def url(self) -> str:
@@ -71,7 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
             if form.get("grant_type") != "client_credentials" or form.get("client_secret") != SECRET:
                 return self._send(401, {"error": "invalid_client", "error_description":
                                         "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1"})
-            token = f"token-{len(fake.tokens)}-{form['scope'].split('/')[0]}"
+            fake.issued += 1
+            token = f"token-{fake.issued}-{form['scope'].split('/')[0]}"
             fake.tokens[form["scope"]] = token
             return self._send(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
         if url.path == PATH:
@@ -171,7 +173,7 @@ def test_aks_block_with_a_service_principal_reaches_the_cluster(azure: FakeAzure
     the AKS-audience token itself, as `kubelogin convert-kubeconfig -l spn` would."""
     azure.kubeconfig = fake_k8s.kubeconfig(user=AAD_KUBECONFIG_USER)
     # The fake API accepts the token the fake AAD will issue for the AKS server application.
-    fake_k8s.server.token = "token-1-" + AKS_SCOPE.split("/")[0]
+    fake_k8s.server.token = "token-2-" + AKS_SCOPE.split("/")[0]
     block = AKSProvider(
         azure_tenant_id="tenant-1", azure_client_id="app-1", azure_client_secret=SECRET,
         azure_subscription_id="sub-1", azure_resource_group="rg-1", aks_cluster_name="aks-1",
@@ -199,3 +201,23 @@ def test_block_rejects_half_a_service_principal_and_two_access_ways() -> None:
         AKSProvider(kubeconfig="apiVersion: v1", in_cluster=True).build_provider()
     with pytest.raises(ValueError, match="not a CIDR"):
         AKSProvider(source_ranges=["my-laptop"])
+
+
+def test_expiring_or_revoked_aks_tokens_are_renewed(azure: FakeAzure, fake_k8s) -> None:
+    azure.kubeconfig = fake_k8s.kubeconfig(user=AAD_KUBECONFIG_USER)
+    aks_app = AKS_SCOPE.split("/")[0]
+    fake_k8s.server.token = f"token-2-{aks_app}"
+    driver = AKSProvider(
+        azure_tenant_id="tenant-1", azure_client_id="app-1", azure_client_secret=SECRET,
+        azure_subscription_id="sub-1", azure_resource_group="rg-1", aks_cluster_name="aks-1",
+        azure_authority_host=azure.url, arm_endpoint=azure.url,
+    ).build_provider()
+    assert driver.list_clusters() == []
+    # About to expire: the next call fetches a new kubeconfig and token first.
+    driver.api._access.expires_at = time.time() + 60
+    fake_k8s.server.token = f"token-4-{aks_app}"
+    assert driver.list_clusters() == []
+    # Revoked early (401): one re-authentication, then the call succeeds.
+    fake_k8s.server.token = f"token-6-{aks_app}"
+    assert driver.list_clusters() == []
+    assert azure.issued == 6 and len([c for c in azure.calls if c["kind"] == "arm"]) == 3

@@ -145,14 +145,19 @@ def build_access(
                 f"in_cluster=True but this process does not run in a Kubernetes pod ({exc})"
             ) from None
         return Access(k8s_client.ApiClient(cfg))
+    own = azure_client is None and azure is not None
     az = azure_client or (AzureClient(azure) if azure else None)
-    if kubeconfig is not None:
-        config = parse_kubeconfig(kubeconfig)
-    elif az is not None:
-        config = parse_kubeconfig(az.kubeconfig())
-    else:
-        config = parse_kubeconfig(read_default_kubeconfig())
-    expires = check_auth_plugins(config, context, az)
+    try:
+        if kubeconfig is not None:
+            config = parse_kubeconfig(kubeconfig)
+        elif az is not None:
+            config = parse_kubeconfig(az.kubeconfig())
+        else:
+            config = parse_kubeconfig(read_default_kubeconfig())
+        expires = check_auth_plugins(config, context, az)
+    finally:
+        if own and az is not None:
+            az.close()
     try:
         api_client = k8s_config.new_client_from_config_dict(config, context=context)
     except k8s_config.ConfigException as exc:
