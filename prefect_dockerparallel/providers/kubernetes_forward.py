@@ -12,6 +12,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class PortForwarder:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[Any] = set()
+        self._last_warning = -1e9
         self._thread = threading.Thread(target=self._accept_loop, name=f"dp-port-forward {what}", daemon=True)
         self._thread.start()
 
@@ -62,7 +64,10 @@ class PortForwarder:
         try:
             forward, remote = self._open_remote()
         except Exception as exc:  # noqa: BLE001 - reported, and the client sees a closed socket
-            log.warning("port-forward to %s failed: %s", self.what, exc)
+            now = time.monotonic()
+            if now - self._last_warning > 30:  # a gone pod makes every reconnect fail: say it once
+                self._last_warning = now
+                log.warning("port-forward to %s failed: %s", self.what, exc)
             _close(conn)
             return
         with self._lock:

@@ -177,8 +177,9 @@ class Api:
             core = self._apis["stream"]
             try:
                 forward = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
-            except Exception as exc:  # noqa: BLE001 - ApiException(status=0) wraps socket errors
-                raise ApiError(f"port-forward to pod {pod}:{port} failed: {getattr(exc, 'reason', exc)}") from None
+            except Exception as exc:  # noqa: BLE001 - ApiException(status=0) wraps handshake errors
+                reason = str(getattr(exc, "reason", exc)).split(" -+-+- ")[0]  # drop the header dump
+                raise ApiError(f"port-forward to pod {pod}:{port} failed: {reason}") from None
         return forward, forward.socket(port)
 
     def pod_log(self, namespace: str, name: str, tail: int) -> str:
