@@ -60,6 +60,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server when the test process dies without running atexit (SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(server: PrefectServer) -> None:
     if server.process.poll() is None:
         try:
@@ -101,6 +111,7 @@ def shared_server(timeout: float = 90.0) -> PrefectServer:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: one killpg stops uvicorn and services
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     server = PrefectServer(api_url=api_url, home=home, process=process)
     atexit.register(_stop, server)
