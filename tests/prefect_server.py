@@ -61,7 +61,10 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGTERM the server when the test process dies without running atexit (SIGKILL)."""
+    """Linux: SIGTERM the server when the test process dies without running atexit (SIGKILL).
+
+    The signal fires when the *thread* that started the server ends, so call `shared_server()`
+    first from the main thread (conftest does, at import)."""
     try:
         import ctypes
 
