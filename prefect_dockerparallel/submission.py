@@ -77,30 +77,23 @@ class PayloadBuilder:
         return data, self._ref(data)
 
     def _flow_context_part(self) -> dict[str, Any]:
+        """The serialized flow-run context, computed once per flow run (it is the same for all)."""
         from prefect.context import FlowRunContext
 
         ctx = FlowRunContext.get()
-        if ctx is None:
-            return {}
         if self._flow_ctx is None or self._flow_ctx[0] != id(ctx):
-            self._flow_ctx = (id(ctx), ctx.serialize())
+            self._flow_ctx = (id(ctx), ctx.serialize() if ctx else {})
         return self._flow_ctx[1]
 
-    def context(self) -> dict[str, Any]:
-        """`serialize_context()` minus the settings, with the flow-run part cached."""
-        from prefect.context import TagsContext, TaskRunContext, _deployment_id, _deployment_parameters
+    def per_task_context(self) -> dict[str, Any]:
+        """The part of `serialize_context()` that may differ between tasks of one flow run."""
+        from prefect.context import TagsContext, TaskRunContext
 
         task_ctx = TaskRunContext.get()
         tags_ctx = TagsContext.get()
-        deployment_id = _deployment_id.get()
         return {
-            "flow_run_context": self._flow_context_part(),
             "task_run_context": task_ctx.serialize() if task_ctx else {},
-            "tags_context": tags_ctx.serialize() if tags_ctx else {},
-            "settings_context": {},
-            "asset_context": {},
-            "deployment_id": str(deployment_id) if deployment_id else None,
-            "deployment_parameters": _deployment_parameters.get(),
+            "tags_context": tags_ctx.serialize() if tags_ctx and tags_ctx.current_tags else {},
         }
 
     # -- map scope: share large unmapped values --------------------------------------------
@@ -143,13 +136,15 @@ class PayloadBuilder:
         wait_for: Any,
         dependencies: Any,
     ) -> bytes:
+        from prefect.context import _deployment_id, _deployment_parameters
+
         with self._lock:
             settings, settings_id = self._settings_part()
-            context = self.context()
-            refs = {id(task): self._ref(task), id(settings): settings_id}
-            if context["flow_run_context"]:
-                refs[id(context["flow_run_context"])] = self._ref(context["flow_run_context"])
+            flow_context = self._flow_context_part()
+            flow_context_id = self._ref(flow_context)
+            refs = {id(task): self._ref(task), id(settings): settings_id, id(flow_context): flow_context_id}
         self._large_value_refs(parameters, refs)
+        deployment_id = _deployment_id.get()
         call = {
             "kind": "prefect",
             "task": task,
@@ -157,9 +152,13 @@ class PayloadBuilder:
             "parameters": parameters,
             "wait_for": wait_for,
             "dependencies": dependencies,
-            "context": context,
+            "context": self.per_task_context(),
             "settings": settings,
             "settings_id": settings_id,
+            "flow_context": flow_context,
+            "flow_context_id": flow_context_id,
+            "deployment_id": str(deployment_id) if deployment_id else None,
+            "deployment_parameters": _deployment_parameters.get(),
         }
         try:
             body = dumps_with_refs(call, refs)

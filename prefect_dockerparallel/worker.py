@@ -56,30 +56,67 @@ def check_versions(driver_meta: dict[str, str]) -> str | None:
 
 
 class PrefectRuntime:
-    """Keeps one hydrated settings context and one API client per flow run's settings."""
+    """Keeps the flow run's hydrated settings, API client and flow-run context alive across tasks.
+
+    Prefect's `hydrated_context` validates Settings and the FlowRunContext model on every call
+    (about 10 ms per task); both are identical for every task of a flow run, so they are entered
+    once per (settings, flow-run context) pair and only per-task context goes to the engine.
+    """
 
     def __init__(self) -> None:
-        self._settings_id: str | None = None
+        self._key: tuple[str, str] | None = None
         self._stack: Any = None
 
-    def enter(self, settings_id: str, settings: dict[str, Any]) -> None:
-        if settings_id == self._settings_id:
+    def enter(self, call: dict[str, Any]) -> None:
+        key = (call["settings_id"], call["flow_context_id"])
+        if key == self._key:
             return
         from contextlib import ExitStack
+        from uuid import UUID
 
-        from prefect.context import SettingsContext, SyncClientContext
+        from prefect.context import (
+            FlowRunContext,
+            SettingsContext,
+            SyncClientContext,
+            _deployment_id,
+            _deployment_parameters,
+        )
 
+        from prefect.context import hydrated_context
+
+        with hydrated_context(None):
+            pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
         self.close()
         stack = ExitStack()
-        if settings:
-            stack.enter_context(SettingsContext(**settings))
-        stack.enter_context(SyncClientContext.get_or_create())
-        self._stack, self._settings_id = stack, settings_id
+        if call["settings"]:
+            stack.enter_context(SettingsContext(**call["settings"]))
+        client = stack.enter_context(SyncClientContext.get_or_create()).client
+        flow_ctx = call["flow_context"]
+        if flow_ctx:
+            runner = stack.enter_context(flow_ctx["flow"].task_runner.duplicate())
+            stack.enter_context(FlowRunContext(**flow_ctx, client=client, task_runner=runner, detached=True))
+        if call["deployment_id"]:
+            stack.callback(_deployment_id.reset, _deployment_id.set(UUID(call["deployment_id"])))
+        if call["deployment_parameters"]:
+            stack.callback(_deployment_parameters.reset, _deployment_parameters.set(call["deployment_parameters"]))
+        self._stack, self._key = stack, key
 
     def close(self) -> None:
         if self._stack is not None:
             self._stack.close()
-            self._stack, self._settings_id = None, None
+            self._stack, self._key = None, None
+
+    @staticmethod
+    def warm_up() -> None:
+        """Pay Prefect's one-time costs (imports, collection loading, model rebuilds) before the
+        first task is claimed, while the driver is still starting the rest of the cluster."""
+        from prefect.context import hydrated_context
+        from prefect.plugins import load_prefect_collections
+        from prefect.task_engine import run_task_sync  # noqa: F401
+
+        load_prefect_collections()
+        with hydrated_context(None):
+            pass
 
     @staticmethod
     def flush() -> None:
@@ -99,7 +136,8 @@ class PrefectRuntime:
 
         from prefect.task_engine import run_task_async, run_task_sync
 
-        self.enter(call["settings_id"], call["settings"])
+        self.enter(call)
+        per_task = call["context"]  # tags, parent task run: small, and different per task
         kwargs = dict(
             task=call["task"],
             task_run_id=call["task_run_id"],
@@ -107,11 +145,27 @@ class PrefectRuntime:
             wait_for=call["wait_for"],
             return_type="state",
             dependencies=call["dependencies"],
-            context=call["context"],
+            context=per_task if any(per_task.values()) else None,
         )
         if call["task"].isasync:
             return asyncio.run(run_task_async(**kwargs))
         return run_task_sync(**kwargs)
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """The exception itself if it survives a pickle round trip, else a RuntimeError with its text.
+
+    Some exceptions (pydantic's, for one) pickle but cannot be unpickled; the driver must still
+    learn what happened.
+    """
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n{text}")
 
 
 def failed_state_for(exc: BaseException, what: str) -> Any:
@@ -161,19 +215,27 @@ class WorkerSlot:
         if self._exited.wait(grace):
             return
         log.warning("worker %s abandoning its running task: %s", self.worker_id, self.stop_reason)
-        try:
-            self.queue.release(self.worker_id)
-            self.queue.leave(self.worker_id)
-        finally:
-            os._exit(0)
+        self._release_then_exit(0)
+
+    def _release_then_exit(self, code: int) -> None:
+        """Give claimed tasks back if Redis still answers within 2 s, then leave regardless."""
+
+        def release() -> None:
+            try:
+                self.queue.release(self.worker_id)
+                self.queue.leave(self.worker_id)
+            except Exception:  # noqa: BLE001 - the server is gone too
+                pass
+
+        helper = threading.Thread(target=release, daemon=True)
+        helper.start()
+        helper.join(timeout=2)
+        os._exit(code)
 
     def on_sigterm(self, *_: Any) -> None:
         """Fargate Spot reclaim / scale-in: give claimed tasks back, then leave at once."""
-        try:
-            self.queue.release(self.worker_id)
-            self.queue.leave(self.worker_id)
-        finally:
-            os._exit(143)
+        log.warning("worker %s got SIGTERM: releasing its claimed tasks", self.worker_id)
+        self._release_then_exit(143)
 
     # -- main loop -------------------------------------------------------------------------
     def wait_for_driver_meta(self) -> dict[str, str]:
@@ -192,6 +254,7 @@ class WorkerSlot:
             self.queue.report_error(msg)
             log.error(msg)
             return EXIT_VERSION_MISMATCH
+        self.prefect.warm_up()
         self.queue.join(self.worker_id)
         runtime.set_worker_link(runtime.WorkerLink(self.queue, self.signer, self.worker_id))
         beat = threading.Thread(target=self._heartbeat_loop, name="dp-heartbeat", daemon=True)
@@ -251,7 +314,7 @@ class WorkerSlot:
         except BaseException as exc:  # noqa: BLE001 - every outcome goes back to the driver
             if isinstance(exc, (KeyboardInterrupt, SystemExit)) and self._stop.is_set():
                 raise
-            return ("err", exc)
+            return ("err", portable_exception(exc))
 
     def seal_result(self, ident: str, outcome: tuple[str, Any], call: dict[str, Any]) -> bytes:
         try:

@@ -130,3 +130,32 @@ def test_driver_sigkilled_leaves_no_process_after_idle_timeout(tmp_path):
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_sigterm_releases_the_running_task_at_once():
+    """Fargate Spot reclaim / scale-in: SIGTERM hands the claimed task back without waiting for
+    the 10 s lease to expire."""
+
+    @flow(task_runner=DockerParallelTaskRunner(workers=2))
+    def f():
+        future = slow_square.submit(7, 3)
+        queue = _current_cluster().queue
+        holder = wait_until(
+            lambda: next(
+                (w.decode() for w in queue.redis.smembers(queue.keys.workers)
+                 if queue.redis.llen(queue.keys.processing(w.decode()))),
+                None,
+            ),
+            60,
+        )
+        os.kill(int(holder.split("-")[-2]), signal.SIGTERM)
+        released = wait_until(
+            lambda: not queue.redis.exists(queue.keys.lease(holder))
+            and not queue.redis.llen(queue.keys.processing(holder)),
+            5,  # the lease alone would hold the task for 10 s
+        )
+        return released, future.result()
+
+    released, (value, _) = f()
+    assert released
+    assert value == 49

@@ -65,7 +65,7 @@ def connect(host: str, port: int, password: str, tls: bool = False) -> redis.Red
         password=password,
         ssl=tls,
         socket_timeout=30,
-        socket_connect_timeout=10,
+        socket_connect_timeout=5,
         health_check_interval=15,
         decode_responses=False,
     )
