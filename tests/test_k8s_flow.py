@@ -62,7 +62,7 @@ def test_mapped_tasks_run_in_worker_pods_and_teardown_leaves_nothing(fake_k8s) -
 @task
 def slow(x: int, marker_dir: str) -> int:
     Path(marker_dir, f"{x}-{os.environ.get('HOSTNAME')}").write_text("started")
-    time.sleep(4)
+    time.sleep(2)  # long enough to be killed mid-task: the killer polls every 50 ms
     return x + 100
 
 
