@@ -264,11 +264,21 @@ class _Session:
     def on_driver(cls, cluster: Any) -> "_Session":
         import prefect
 
+        from .progress import ProvisioningProgress, run_logger_or_default
+
         cluster.extra_meta["prefect"] = prefect.__version__
+        logger = run_logger_or_default()
+        logger.info("starting cluster %s on %s with %d workers", cluster.name, cluster.driver.kind, cluster.expected)
         cluster.start()
-        return cls(cluster.queue, cluster.signer, cluster=cluster, listener=cluster.listener)
+        session = cls(cluster.queue, cluster.signer, cluster=cluster, listener=cluster.listener)
+        session.progress = ProvisioningProgress(cluster.name, cluster.worker_numbers, logger=logger).start()
+        return session
+
+    progress: Any = None
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
         if self.cluster is not None:
             from .config import finish_cluster
 
