@@ -319,9 +319,14 @@ class ClusterConfig(Block):
     @classmethod
     def _provider_kind(cls, value: Any) -> Any:
         """Documents saved from the UI carry `block_type_slug`; one saved without `kind` (an
-        older schema, a cleared field) still loads as the right class through its slug."""
+        older schema, a cleared field) still loads as the right class through its slug, or
+        else through its field names when exactly one provider class has them all."""
         if isinstance(value, dict) and not value.get("kind"):
             kind = _KIND_BY_SLUG.get(value.get("block_type_slug") or "")
+            keys = {k for k in value if not k.startswith("_") and k != "block_type_slug"}
+            if kind is None and keys:
+                owners = [c for c in PROVIDER_BLOCKS if keys <= set(c.model_fields)]
+                kind = owners[0].model_fields["kind"].default if len(owners) == 1 else None
             if kind is None:
                 raise ValueError(
                     "provider: expected a provider block with kind 'local', 'ecs' or 'aks' "

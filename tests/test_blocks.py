@@ -48,6 +48,9 @@ def test_every_provider_has_a_distinct_kind_literal() -> None:
         # A document saved without `kind` still resolves through its block type slug.
         ({"block_type_slug": "dockerparallel-ecs-fargate-provider"}, ECSFargateProvider),
         ({"block_type_slug": "dockerparallel-aks-provider"}, AKSProvider),
+        # Neither: the one provider class that has all the given fields.
+        ({"region_name": "eu-west-1"}, ECSFargateProvider),
+        ({"namespace": "batch"}, AKSProvider),
     ],
 )
 def test_provider_union_resolves_the_right_class(data: dict, cls: type) -> None:
@@ -65,7 +68,9 @@ def test_unknown_provider_kind_names_the_field() -> None:
         ClusterConfig(provider={"kind": "gcp"})
     assert "provider" in str(err.value) and "'local', 'ecs', 'aks'" in str(err.value)
     with pytest.raises(ValidationError, match="provider"):
-        ClusterConfig(provider={"region_name": "eu-west-1"})
+        ClusterConfig(provider={"gcp_project": "x"})
+    with pytest.raises(ValidationError, match="provider"):
+        ClusterConfig(provider={})
 
 
 def test_nested_secrets_and_block_references_are_declared_in_the_schema() -> None:
