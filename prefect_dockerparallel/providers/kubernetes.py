@@ -119,6 +119,12 @@ class KubernetesDriver(Provider):
         self.validate(spec)
         lb = self.access == "loadbalancer"
         ranges = self._source_ranges() if lb else []  # before creating anything
+        if lb:
+            log.warning(
+                "cluster %s: access='loadbalancer' sends Redis traffic (password, task payloads with "
+                "the Prefect API key) unencrypted to a public IP limited to %s; access='port-forward' "
+                "keeps it inside the API server's TLS", spec.name, ", ".join(ranges),
+            )
         parent, created = self._ensure_secret(spec, secrets)
         try:
             svc = O.service(
