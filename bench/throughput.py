@@ -29,6 +29,9 @@ import _common  # noqa: E402
 RUNNERS = ("threads", "processes", "dask", "ours")
 
 
+PROFILE_WORKERS: str | None = None  # directory: run our workers under cProfile
+
+
 def make_runner(kind: str, workers: int):
     if kind == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -48,6 +51,13 @@ def make_runner(kind: str, workers: int):
     if kind == "ours":
         from prefect_dockerparallel import DockerParallelTaskRunner
 
+        if PROFILE_WORKERS:
+            from prefect_dockerparallel.providers.local import LocalDriver
+
+            os.environ["DP_BENCH_PROFILE_DIR"] = PROFILE_WORKERS
+            os.environ["DP_BENCH_PYTHON"] = sys.executable
+            wrapper = str(Path(__file__).resolve().parent / "_python_wrapper.sh")
+            return DockerParallelTaskRunner(workers=workers, provider=LocalDriver(python=wrapper))
         return DockerParallelTaskRunner(workers=workers)
     raise ValueError(kind)
 
@@ -120,7 +130,12 @@ def main() -> None:
     parser.add_argument("--api-url", default=None, help="reuse a running Prefect server")
     parser.add_argument("--json", default=None, help="append results as JSON lines to this file")
     parser.add_argument("--profile-driver", default=None, help="cProfile our runner's flow into this file")
+    parser.add_argument("--profile-workers", default=None, help="directory for cProfile stats of our workers")
     args = parser.parse_args()
+    global PROFILE_WORKERS
+    if args.profile_workers:
+        PROFILE_WORKERS = os.path.abspath(args.profile_workers)
+        os.makedirs(PROFILE_WORKERS, exist_ok=True)
 
     api = _common.setup_prefect(args.api_url)
     kinds = [k for k in args.only.split(",") if k]
