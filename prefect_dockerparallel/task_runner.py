@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from prefect.futures import PrefectFuture, PrefectFutureList
 from prefect.task_runners import TaskRunner
+from prefect.utilities.annotations import allow_failure, quote, unmapped
 from prefect.utilities.collections import visit_collection
 
 from . import runtime
@@ -84,12 +85,21 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        """What travels in every task payload: the block name at most, never a provider."""
-        return {"cluster": self.cluster if isinstance(self.cluster, str) else None}
+        """The configuration (for `flow.serve` subprocesses and the like), never live state.
+
+        Task payloads do not carry this: `payload_copy()` replaces the runner there."""
+        return {"cluster": self.cluster, "overrides": self.overrides, "shipped": self._shipped}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["cluster"])  # type: ignore[misc]
-        self._shipped = True
+        self.__init__(state["cluster"], **state["overrides"])  # type: ignore[misc]
+        self._shipped = state["shipped"]
+
+    def payload_copy(self) -> "DockerParallelTaskRunner":
+        """The runner as it travels inside task payloads: a block name at most, no provider and
+        no credential. On a worker it only ever attaches to the worker's own queue."""
+        copy = type(self)(self.cluster if isinstance(self.cluster, str) else None)
+        copy._shipped = True
+        return copy
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "DockerParallelTaskRunner":
@@ -160,11 +170,17 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         session = self._ensure_session()
-        with session.builder.map_scope() as batch:
+        shared = [_unwrap(v).value for v in parameters.values() if isinstance(_unwrap(v), unmapped)]
+        with session.builder.map_scope(shared) as batch:
             try:
                 return super().map(task, parameters, wait_for)
             finally:
                 session.queue.enqueue(batch)
+
+
+def _unwrap(value: Any) -> Any:
+    """`allow_failure(unmapped(x))` and friends: look through the outer annotation."""
+    return value.unwrap() if isinstance(value, (allow_failure, quote)) else value
 
 
 def validate_overrides(overrides: dict[str, Any]) -> None:

@@ -277,10 +277,82 @@ def test_runner_pickles_without_provider_or_secrets():
 
     from prefect_dockerparallel import LocalProvider
 
+    from prefect_dockerparallel import ECSFargateProvider
+
     r = DockerParallelTaskRunner(provider=LocalProvider(), workers=2)
-    copy = cloudpickle.loads(cloudpickle.dumps(r))
-    assert copy.overrides == {} and copy._shipped
+    shipped = cloudpickle.loads(cloudpickle.dumps(r.payload_copy()))
+    assert shipped.overrides == {} and shipped._shipped
     assert r == r.duplicate()
-    named = cloudpickle.loads(cloudpickle.dumps(DockerParallelTaskRunner("nightly")))
+    assert cloudpickle.loads(cloudpickle.dumps(r)) == r  # flow.serve subprocesses keep the config
+    named = cloudpickle.loads(cloudpickle.dumps(DockerParallelTaskRunner("nightly").payload_copy()))
     assert named.cluster == "nightly"
-    assert SecretStr  # imported only to document intent: secrets never travel
+    secret = "AKIA-very-secret-value"
+    ecs = DockerParallelTaskRunner(provider=ECSFargateProvider(aws_secret_access_key=SecretStr(secret)))
+    assert secret.encode() not in cloudpickle.dumps(ecs.payload_copy())
+
+
+@task
+def shipped_runner_state() -> tuple[bool, dict]:
+    from prefect.context import FlowRunContext
+
+    runner = FlowRunContext.get().flow.task_runner
+    return runner._shipped, runner.overrides
+
+
+def test_task_payloads_carry_the_stripped_runner():
+    @flow(task_runner=runner(workers=1, idle_timeout=30))
+    def f():
+        return shipped_runner_state.submit().result()
+
+    shipped, overrides = f()
+    assert shipped and overrides == {}
+
+
+@task
+def client_and_settings_identity(i: int) -> tuple[int, int, int, int]:
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext, SettingsContext
+
+    return (
+        os.getpid(),
+        id(get_client(sync_client=True)),
+        id(SettingsContext.get()),
+        id(FlowRunContext.get()),
+    )
+
+
+def test_workers_reuse_one_client_settings_and_flow_context_per_flow_run():
+    """No per-task API client, SSL context or Settings validation on the workers."""
+
+    @flow(task_runner=runner())
+    def f():
+        return client_and_settings_identity.map(range(40)).result()
+
+    by_pid: dict[int, set] = {}
+    for pid, *ids in f():
+        by_pid.setdefault(pid, set()).add(tuple(ids))
+    assert by_pid and all(len(ids) == 1 for ids in by_pid.values()), by_pid
+
+
+@task
+def length_plus(i: int, blob: bytes) -> int:
+    return len(blob) + i
+
+
+def test_large_unmapped_argument_is_uploaded_once():
+    size = 5 * 2**20
+
+    @flow(task_runner=runner())
+    def f():
+        from prefect.context import FlowRunContext
+
+        big = b"x" * size
+        add.submit(0, 0).result()  # the cluster is up
+        redis_client = FlowRunContext.get().task_runner.docker_cluster.queue.redis
+        before = redis_client.info("stats")["total_net_input_bytes"]
+        out = length_plus.map(range(50), unmapped(big)).result()
+        return out, redis_client.info("stats")["total_net_input_bytes"] - before
+
+    out, written = f()
+    assert out == [size + i for i in range(50)]
+    assert written < 2 * size, f"{written} bytes written for 50 tasks sharing one {size}-byte argument"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import cloudpickle
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .keys import BLOB_TTL, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
 from .keys import WORKER_LEASE_TTL, Keys
@@ -68,6 +70,8 @@ def connect(host: str, port: int, password: str, tls: bool = False) -> redis.Red
         socket_connect_timeout=5,
         health_check_interval=15,
         decode_responses=False,
+        # Two quick retries ride out a blip; more would only delay noticing a dead server.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 2),
     )
 
 
