@@ -183,7 +183,14 @@ class DockerCluster:
                 self._finalizer = None
             log.info("cluster %s stopped", self.name)
 
-    def _shutdown_channel(self) -> None:
+    def disconnect(self) -> None:
+        """Stop this object's heartbeat and listener; the cluster keeps running (reconnect later)."""
+        self._stop_threads()
+        if self.queue:
+            self.queue.redis.close()
+            self.queue = None
+
+    def _stop_threads(self) -> None:
         self._beat_stop.set()
         if self._beat:
             self._beat.join(timeout=10)
@@ -191,6 +198,9 @@ class DockerCluster:
         if self.listener:
             self.listener.close()
             self.listener = None
+
+    def _shutdown_channel(self) -> None:
+        self._stop_threads()
         if self.queue:
             try:
                 self.queue.mark_stopping()

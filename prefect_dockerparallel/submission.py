@@ -21,7 +21,7 @@ from .protocol import keys as K
 from .protocol.blobs import BlobStore, dumps_with_refs
 
 LARGE_VALUE_BYTES = 256 * 1024
-_SCALARS = (int, float, str, bool, bytes, type(None), uuid.UUID)
+_SMALL_SCALARS = (int, float, bool, type(None), uuid.UUID)
 
 
 class UnpicklableParameter(TypeError):
@@ -104,7 +104,8 @@ class PayloadBuilder:
     def map_scope(self, shared: Iterable[Any] = ()) -> Iterator[list[bytes]]:
         """Within a map, `shared` values (the `unmapped` ones) are uploaded once if large, and
         envelopes are batched into one LPUSH."""
-        self._map_scope.values = {id(v): None for v in shared if not isinstance(v, _SCALARS)}
+        # bytes and str count too: a 50 MB `unmapped(b"...")` must not travel once per task
+        self._map_scope.values = {id(v): None for v in shared if not isinstance(v, _SMALL_SCALARS)}
         self._map_scope.batch = []
         try:
             yield self._map_scope.batch

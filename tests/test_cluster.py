@@ -32,8 +32,12 @@ def test_lifecycle_scale_reconnect_and_stop():
         assert wait_until(lambda: cluster.worker_numbers().running == 1, 30)
 
         other = DockerCluster(name=cluster.name, stop_on_exit=False).reconnect()
-        with other.executor() as ex:
-            assert list(ex.map(operator.mul, [1, 2, 3], [4, 5, 6])) == [4, 10, 18]
+        try:
+            with other.executor() as ex:
+                assert list(ex.map(operator.mul, [1, 2, 3], [4, 5, 6])) == [4, 10, 18]
+        finally:
+            other.disconnect()
+        assert cluster.exists()  # disconnecting a second handle leaves the cluster running
         assert "worker" in cluster.logs()
     finally:
         cluster.stop()

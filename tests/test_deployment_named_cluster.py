@@ -126,8 +126,9 @@ def test_setting_is_unset_or_blank_means_local(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_runner_pickles_the_block_name_only() -> None:
+    """What travels in task payloads is `payload_copy()`: the block name, no configuration."""
     runner = DockerParallelTaskRunner(cluster="nightly")
-    clone = cloudpickle.loads(cloudpickle.dumps(runner))
+    clone = cloudpickle.loads(cloudpickle.dumps(runner.payload_copy()))
     assert clone.cluster == "nightly"
     secret_runner = DockerParallelTaskRunner(cluster=ClusterConfig(provider=LocalProvider(), workers=1))
-    assert b"LocalProvider" not in cloudpickle.dumps(secret_runner)
+    assert b"LocalProvider" not in cloudpickle.dumps(secret_runner.payload_copy())
