@@ -21,6 +21,7 @@ from .protocol import keys as K
 from .protocol.blobs import BlobStore, dumps_with_refs
 
 LARGE_VALUE_BYTES = 256 * 1024
+MAP_BATCH = 64
 _SMALL_SCALARS = (int, float, bool, type(None), uuid.UUID)
 
 
@@ -176,10 +177,13 @@ class PayloadBuilder:
 
     def send(self, envelope: bytes) -> None:
         batch = getattr(self._map_scope, "batch", None)
-        if batch is not None:
-            batch.append(envelope)
-        else:
+        if batch is None:
             self.queue.enqueue([envelope])
+            return
+        batch.append(envelope)
+        if len(batch) >= MAP_BATCH:  # workers start on the first envelopes of a long map
+            self.queue.enqueue(batch)
+            batch.clear()
 
 
 def _flow_for_payload(flow: Any) -> Any:

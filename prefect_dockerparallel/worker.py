@@ -261,13 +261,15 @@ class WorkerSlot:
         beat.start()
         log.info("worker %s joined cluster %s", self.worker_id, self.queue.keys.cluster)
         try:
+            envelope: bytes | None = None
             while not self._stop.is_set():
-                envelope = self.queue.claim(self.worker_id, K.BLOCKING_POP_TIMEOUT)
+                if envelope is None:
+                    envelope = self.queue.claim(self.worker_id, K.BLOCKING_POP_TIMEOUT)
                 if envelope is None:
                     if self.queue.take_retirement():
                         self._request_stop("scaled down")
                     continue
-                self.handle(envelope)
+                envelope = self.handle(envelope)
         finally:
             self._stop.set()
             self._exited.set()
@@ -281,7 +283,8 @@ class WorkerSlot:
         log.info("worker %s exiting: %s", self.worker_id, self.stop_reason)
         return 0
 
-    def handle(self, envelope: bytes) -> None:
+    def handle(self, envelope: bytes) -> bytes | None:
+        """Run one envelope; returns the next one when the ack could claim it in passing."""
         try:
             env = self.signer.open(envelope)
             if env.kind != KIND_TASK:
@@ -291,7 +294,7 @@ class WorkerSlot:
             log.error(msg)
             self.queue.report_error(msg)
             self.queue.ack(self.worker_id, envelope, "", None)
-            return
+            return None
         _, _, listener = K.split_ident(env.ident)
         try:
             call = self.blobs.loads(env.body)
@@ -302,9 +305,10 @@ class WorkerSlot:
                 + ("; install the module in the worker image or add it to pip_packages" if hint else "")
             )
             self.queue.ack(self.worker_id, envelope, listener, self.signer.dumps(KIND_RESULT, env.ident, ("err", err)))
-            return
+            return None
         outcome = self.execute(call)
-        self.queue.ack(self.worker_id, envelope, listener, self.seal_result(env.ident, outcome, call))
+        result = self.seal_result(env.ident, outcome, call)
+        return self.queue.ack(self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set())
 
     def execute(self, call: dict[str, Any]) -> tuple[str, Any]:
         try:

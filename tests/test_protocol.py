@@ -171,3 +171,15 @@ def test_blobs_are_uploaded_once_and_verified(queue):
     queue.redis.set(queue.keys.blob(d1), Signer(b"z" * 32).seal(b"B", d1, cloudpickle.dumps(0)))
     with pytest.raises(EnvelopeError):
         BlobResolver(queue.get_blob, signer).loads(body)
+
+
+def test_ack_can_claim_the_next_envelope_in_the_same_round_trip(queue):
+    signer = Signer(KEY)
+    first, second = (signer.dumps(KIND_TASK, make_ident("C", t, "L"), t) for t in ("a", "b"))
+    queue.enqueue([second, first])  # LPUSH: `first` is claimed first (right end)
+    assert queue.claim("w", 1) == first
+    nxt = queue.ack("w", first, "L", signer.dumps(KIND_RESULT, "x", 1), claim_next=True)
+    assert nxt == second
+    assert queue.redis.lrange(queue.keys.processing("w"), 0, -1) == [second]
+    assert queue.ack("w", second, "L", None, claim_next=True) is None
+    assert queue.redis.llen(queue.keys.processing("w")) == 0

@@ -204,13 +204,20 @@ class TaskQueue:
             self.keys.tasks, self.keys.processing(worker_id), timeout, src="RIGHT", dest="LEFT"
         )
 
-    def ack(self, worker_id: str, envelope: bytes, listener: str, result: bytes | None) -> None:
-        """Publish the result and drop the claim in one transaction."""
+    def ack(
+        self, worker_id: str, envelope: bytes, listener: str, result: bytes | None, claim_next: bool = False
+    ) -> bytes | None:
+        """Publish the result and drop the claim in one transaction; with `claim_next`, the same
+        round trip also claims the next pending envelope (returned, or None if there is none)."""
         pipe = self.redis.pipeline(transaction=True)
         if result is not None:
             pipe.lpush(self.keys.results(listener), result)
-        pipe.lrem(self.keys.processing(worker_id), 1, envelope)
-        pipe.execute()
+        processing = self.keys.processing(worker_id)
+        pipe.lrem(processing, 1, envelope)
+        if claim_next:
+            pipe.lmove(self.keys.tasks, processing, src="RIGHT", dest="LEFT")
+        replies = pipe.execute()
+        return replies[-1] if claim_next else None
 
     def release(self, worker_id: str) -> None:
         """Give claimed-but-unfinished envelopes back (SIGTERM, Fargate Spot reclaim)."""
