@@ -176,7 +176,7 @@ def test_blobs_are_uploaded_once_and_verified(queue):
 def test_ack_can_claim_the_next_envelope_in_the_same_round_trip(queue):
     signer = Signer(KEY)
     first, second = (signer.dumps(KIND_TASK, make_ident("C", t, "L"), t) for t in ("a", "b"))
-    queue.enqueue([second, first])  # LPUSH: `first` is claimed first (right end)
+    queue.enqueue([first, second])  # claimed in the order given
     assert queue.claim("w", 1) == first
     nxt = queue.ack("w", first, "L", signer.dumps(KIND_RESULT, "x", 1), claim_next=True)
     assert nxt == second
