@@ -74,3 +74,15 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def kill_all(driver, cluster: str | None) -> None:
+    """Test cleanup: the driver subprocess and every process of its cluster, whatever happened."""
+    if driver.poll() is None:
+        driver.kill()
+        driver.wait()
+    for proc in cluster_processes(cluster) if cluster else []:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass

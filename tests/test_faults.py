@@ -9,12 +9,11 @@ import sys
 import textwrap
 import time
 
-import psutil
 import pytest
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
-from helpers import cluster_processes, wait_until
+from helpers import cluster_processes, kill_all, wait_until
 from prefect_dockerparallel import DockerParallelTaskRunner
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
@@ -122,14 +121,7 @@ def test_driver_sigkilled_leaves_no_process_after_idle_timeout(tmp_path):
         )
         print(f"cluster gone {time.monotonic() - killed_at:.1f}s after the driver was killed")
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        for proc in cluster_processes(name) if name else []:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_all(driver, name)
 
 
 def test_sigterm_releases_the_running_task_at_once():

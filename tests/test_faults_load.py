@@ -26,7 +26,7 @@ from prefect import flow, task
 from prefect.context import FlowRunContext
 from prefect.utilities.annotations import unmapped
 
-from helpers import cluster_processes, wait_until
+from helpers import cluster_processes, kill_all, wait_until
 from prefect_dockerparallel import DockerParallelTaskRunner
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
@@ -192,14 +192,7 @@ def test_redis_server_lost_mid_flow_fails_clearly_and_leaves_nothing(tmp_path, m
             f"left behind: {[p.cmdline() for p in cluster_processes(name)]}"
         )
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        for proc in cluster_processes(name) if name else []:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        kill_all(driver, name)
 
 
 MEMORY_LIMIT_MB = 300
