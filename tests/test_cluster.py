@@ -88,3 +88,22 @@ def test_invalid_sizes_are_rejected_before_anything_starts():
         DockerCluster(workers=1, idle_timeout=1)
     with pytest.raises(ValueError, match="cluster name"):
         DockerCluster(workers=1, name="Bad_Name")
+
+
+def test_a_container_with_two_slots_runs_two_worker_processes():
+    from prefect_dockerparallel import ContainerSpec
+
+    container = ContainerSpec(workers_per_container=2, install_self=None)
+    with DockerCluster(workers=2, container=container, idle_timeout=30) as cluster:
+        assert cluster.driver.worker_containers(cluster.spec).running == 1  # one "container"
+        assert wait_until(lambda: cluster.worker_numbers().running == 2, 60)  # two slots joined
+        pids = {cluster.executor().submit(_getpid).result(timeout=60) for _ in range(20)}
+        assert len(pids) >= 1
+        name = cluster.name
+    assert not cluster_processes(name)
+
+
+def _getpid():
+    import os
+
+    return os.getpid()
