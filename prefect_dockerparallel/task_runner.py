@@ -265,12 +265,14 @@ class _Dispatch:
 class _Session:
     """The connection a runner uses: its cluster (driver) or its worker's queue (nested)."""
 
-    def __init__(self, queue: TaskQueue, signer: Signer, cluster: Any = None, listener: Any = None):
+    def __init__(self, queue: TaskQueue, signer: Signer, cluster: Any = None):
         self.cluster = cluster
         self.queue = queue
-        self.listener: ResultListener = listener or ResultListener(queue, signer)
-        self.builder = PayloadBuilder(queue, signer, BlobStore(queue, signer), self.listener.listener_id)
-        self._own_listener = listener is None
+        self._own_listener = cluster is None
+        self.listener: ResultListener = cluster.listener if cluster else ResultListener(queue, signer)
+        blobs = cluster.blobs if cluster else BlobStore(queue, signer)
+        self.builder = PayloadBuilder(queue, signer, blobs, self.listener.listener_id)
+        self.progress: Any = None
 
     @classmethod
     def on_worker(cls, link: runtime.WorkerLink) -> "_Session":
@@ -286,11 +288,9 @@ class _Session:
         logger = run_logger_or_default()
         logger.info("starting cluster %s on %s with %d workers", cluster.name, cluster.driver.kind, cluster.expected)
         cluster.start()
-        session = cls(cluster.queue, cluster.signer, cluster=cluster, listener=cluster.listener)
+        session = cls(cluster.queue, cluster.signer, cluster=cluster)
         session.progress = ProvisioningProgress(cluster.name, cluster.worker_numbers, logger=logger).start()
         return session
-
-    progress: Any = None
 
     def close(self) -> None:
         if self.progress is not None:
