@@ -202,7 +202,8 @@ class WorkerSlot:
             elif not alive:
                 self._request_stop("driver heartbeat gone (dead-man's switch)")
             if self._stop.wait(K.HEARTBEAT_INTERVAL):
-                self._hard_exit_if_stuck()
+                # teardown: time to finish the claim and flush events; driver gone: leave soon
+                self._hard_exit_if_stuck(3.0 if stopping else 1.0)
                 return
 
     def _request_stop(self, reason: str) -> None:
@@ -210,7 +211,7 @@ class WorkerSlot:
             self.stop_reason = reason
         self._stop.set()
 
-    def _hard_exit_if_stuck(self, grace: float = 3.0) -> None:
+    def _hard_exit_if_stuck(self, grace: float) -> None:
         """A task still running when the driver is gone would keep a container billed: leave."""
         if self._exited.wait(grace):
             return

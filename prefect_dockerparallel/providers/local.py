@@ -207,8 +207,10 @@ class LocalDriver(Provider):
     def stop(self, spec: ClusterSpec) -> None:
         state = self._load_state(spec.name) or {}
         cluster = self._clusters.pop(spec.name, None)
-        # Workers first, so none of them is left talking to a Redis that is going away.
+        # Workers first, so none of them is left talking to a Redis that is going away. They saw
+        # the cluster's `stopping` flag: give them a moment to flush their Prefect events.
         if cluster:
+            _wait_for_exit(cluster.workers, WORKER_EXIT_GRACE)
             _terminate(cluster.workers, [])
             _terminate([cluster.server] if cluster.server else [], [])
         else:
@@ -248,6 +250,18 @@ class LocalDriver(Provider):
         self._state_path(cluster_name).unlink(missing_ok=True)
         self._log_path(cluster_name).unlink(missing_ok=True)
         return [f"pid:{p}" for p in pids]
+
+
+WORKER_EXIT_GRACE = 4.0
+
+
+def _wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], pids: list[int | None], grace: float = 5.0) -> None:
