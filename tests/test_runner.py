@@ -356,3 +356,27 @@ def test_large_unmapped_argument_is_uploaded_once():
     out, written = f()
     assert out == [size + i for i in range(50)]
     assert written < 2 * size, f"{written} bytes written for 50 tasks sharing one {size}-byte argument"
+
+
+def test_every_task_run_reaches_the_api_as_completed():
+    """Workers flush their state events before teardown: no task run is left Running in the UI."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from helpers import wait_until
+
+    @flow(task_runner=runner())
+    def f():
+        from prefect.context import FlowRunContext
+
+        add.map(range(30), unmapped(1)).result()
+        return FlowRunContext.get().flow_run.id
+
+    flow_run_id = f()
+
+    def completed_count():
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return sum(1 for r in runs if r.state and r.state.is_completed())
+
+    assert wait_until(lambda: completed_count() == 30, 30, interval=0.5), completed_count()
