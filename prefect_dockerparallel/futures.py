@@ -98,10 +98,6 @@ class ResultListener:
         else:
             future.set_exception(payload)
 
-    def pending_count(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def fail_all(self, message: str) -> None:
         with self._lock:
             idents = list(self._pending)

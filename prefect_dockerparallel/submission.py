@@ -49,7 +49,7 @@ class PayloadBuilder:
         self.blobs = blobs
         self.listener_id = listener_id
         self._keep: dict[int, tuple[Any, str]] = {}  # id -> (object kept alive, digest)
-        self._settings: tuple[int, dict[str, Any], str] | None = None
+        self._settings: tuple[int, dict[str, Any]] | None = None
         self._flow_ctx: tuple[int, dict[str, Any]] | None = None
         self._map_scope = threading.local()
         self._lock = threading.Lock()
@@ -73,8 +73,8 @@ class PayloadBuilder:
             url = effective_api_url()
             if url and data:
                 data["settings"].setdefault("api", {})["url"] = url
-            self._settings = (id(current), data, "")
-        _, data, _ = self._settings
+            self._settings = (id(current), data)
+        data = self._settings[1]
         return data, self._ref(data)
 
     def _flow_context_part(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ its configuration only (block names, no secrets, no provider objects).
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from typing import Any, Iterable
@@ -23,8 +22,6 @@ from .futures import DockerParallelFuture, ResultListener, state_converter
 from .protocol import Signer, TaskQueue
 from .protocol.blobs import BlobStore
 from .submission import PayloadBuilder
-
-log = logging.getLogger("prefect_dockerparallel.task_runner")
 
 _CONFIG_FIELDS = (
     "provider",
@@ -64,12 +61,8 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         self.cluster = cluster
         self.overrides = overrides
         self._shipped = False  # True for copies unpickled from a task payload
-        self._reset_state()
-
-    def _reset_state(self) -> None:
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
-        self._owns_session = False
 
     # -- identity, pickling ------------------------------------------------------------------
     def duplicate(self) -> "DockerParallelTaskRunner":
@@ -170,7 +163,7 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         session = self._ensure_session()
-        shared = [_unwrap(v).value for v in parameters.values() if isinstance(_unwrap(v), unmapped)]
+        shared = [v.value for v in map(_unwrap, parameters.values()) if isinstance(v, unmapped)]
         with session.builder.map_scope(shared) as batch:
             try:
                 return super().map(task, parameters, wait_for)
@@ -268,7 +261,6 @@ class _Session:
     def __init__(self, queue: TaskQueue, signer: Signer, cluster: Any = None):
         self.cluster = cluster
         self.queue = queue
-        self._own_listener = cluster is None
         self.listener: ResultListener = cluster.listener if cluster else ResultListener(queue, signer)
         blobs = cluster.blobs if cluster else BlobStore(queue, signer)
         self.builder = PayloadBuilder(queue, signer, blobs, self.listener.listener_id)
@@ -299,5 +291,5 @@ class _Session:
             from .config import finish_cluster
 
             finish_cluster(self.cluster)
-        elif self._own_listener:
+        else:  # nested runner on a worker: its own listener, the worker's queue
             self.listener.close()

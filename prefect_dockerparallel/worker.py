@@ -300,7 +300,7 @@ class WorkerSlot:
         try:
             call = self.blobs.loads(env.body)
         except Exception as exc:  # noqa: BLE001 - authentic but not loadable here: fail loudly
-            hint = ModuleNotFoundError if isinstance(exc, ModuleNotFoundError) else None
+            hint = isinstance(exc, ModuleNotFoundError)
             err = RuntimeError(
                 f"worker {self.worker_id} could not load the task: {exc!r}"
                 + ("; install the module in the worker image or add it to pip_packages" if hint else "")
