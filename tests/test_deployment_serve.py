@@ -103,13 +103,18 @@ def test_served_deployment_runs_on_its_schedule_on_the_local_cluster(
         run = ended[0]
         assert run.auto_scheduled, "the run must come from the schedule, not a manual trigger"
         assert run.parameters == {"paths": 200}
-        # It ran on the local cluster: the run's cluster summary artifact says so.
-        with get_client(sync_client=True) as client:
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-            )
-        summaries = [str(a.data) for a in artifacts if "DockerParallel cluster" in str(a.data)]
-        assert summaries and "| Provider | local |" in summaries[0], f"artifacts: {artifacts}\n{serve_log}"
+        # It ran on the local cluster: the run's cluster summary artifact says so. The runner
+        # publishes it at teardown, which Prefect runs after it has set the final state, so poll.
+        def summaries() -> list[str]:
+            with get_client(sync_client=True) as client:
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+                )
+            return [str(a.data) for a in artifacts if "DockerParallel cluster" in str(a.data)]
+
+        found = wait_until(summaries, timeout=60, interval=0.5)
+        serve_log = (tmp_path / "serve.log").read_text()[-4000:]
+        assert found and "| Provider | local |" in found[0], f"summaries: {found}\n{serve_log}"
         # Stop further runs, let any in flight finish, then stop the server process.
         with get_client(sync_client=True) as client:
             client.pause_deployment(deployment_id)
