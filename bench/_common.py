@@ -73,3 +73,75 @@ def spread(values: list[float]) -> str:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def wait_for_quiet_server(max_wait: float = 180.0, busy_below: float = 0.15) -> float:
+    """Wait until the Prefect server has worked through the previous run's events; returns seconds.
+
+    Why: the server ingests every task's state events after the map has finished. Without this
+    the next runner's flow run waits behind that backlog (30 s and more for 1,000 tasks), which
+    would be charged to whichever runner happens to run next.
+    """
+    import psutil
+
+    start = time.monotonic()
+    servers = [p for p in psutil.process_iter(["cmdline"]) if _role(" ".join(p.info["cmdline"] or []), -1) == "prefect server"]
+    quiet_since = None
+    last = sum(_cpu(p) for p in servers)
+    while time.monotonic() - start < max_wait:
+        time.sleep(0.5)
+        now = sum(_cpu(p) for p in servers)
+        busy = (now - last) / 0.5
+        last = now
+        if busy < busy_below:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 1.5:
+                break
+        else:
+            quiet_since = None
+    return time.monotonic() - start
+
+
+def _cpu(proc) -> float:
+    try:
+        times = proc.cpu_times()
+        return times.user + times.system
+    except Exception:  # noqa: BLE001 - process gone
+        return 0.0
+
+
+def _role(cmd: str, pid: int) -> str:
+    if pid == os.getpid():
+        return "flow process"
+    if "prefect_dockerparallel" in cmd and "worker" in cmd:
+        return "workers"
+    if "redis-server" in cmd:
+        return "redis"
+    if ("prefect" in cmd and "server" in cmd) or "uvicorn" in cmd:
+        return "prefect server"
+    if "distributed" in cmd or "dask" in cmd or "multiprocessing" in cmd or "loky" in cmd:
+        return "pool workers"
+    return "other"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user+system) used so far by every process on the machine, summed by role.
+
+    Roles: this flow process, the Prefect server, our workers, redis-server, and everything else.
+    Why: on a 2-core machine throughput is bounded by total CPU per task, so the benchmark shows
+    where each task's CPU goes, not only how fast the map finished.
+    """
+    import psutil
+
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            times = proc.info["cpu_times"]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if times is None:
+            continue
+        role = _role(cmd, proc.info["pid"])
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals

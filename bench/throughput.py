@@ -83,11 +83,17 @@ def run_one(kind: str, n: int, workers: int, profile: str | None = None) -> dict
     def bench_flow(n: int) -> int:
         marks["body"] = _common.now()
         noop.submit(-1).result()
+        cpu_before = _common.cpu_by_role()
         marks["first"] = _common.now()
         futures = noop.map(range(n))
         marks["mapped"] = _common.now()
         results = futures.result()
         marks["end"] = _common.now()
+        cpu_after = _common.cpu_by_role()
+        marks["cpu_ms_per_task"] = {
+            role: round(1000 * (cpu_after.get(role, 0.0) - cpu_before.get(role, 0.0)) / n, 2)
+            for role in cpu_after
+        }
         return sum(results)
 
     prof = None
@@ -118,6 +124,7 @@ def run_one(kind: str, n: int, workers: int, profile: str | None = None) -> dict
         "cold_start_from_call_s": marks["first"] - marks["call"],
         "cold_start_from_enter_s": marks["first"] - marks.get("enter", marks["call"]),
         "teardown_s": marks["returned"] - marks["end"],
+        "cpu_ms_per_task": marks["cpu_ms_per_task"],
     }
 
 
@@ -145,6 +152,8 @@ def main() -> None:
     for rep in range(args.reps):
         for kind in kinds:
             prof = args.profile_driver if kind == "ours" else None
+            settled = _common.wait_for_quiet_server()
+            print(f"  (waited {settled:.1f}s for the Prefect server to finish the previous run's events)", flush=True)
             row = run_one(kind, args.n, args.workers, profile=prof)
             row["rep"] = rep
             rows.append(row)
@@ -153,7 +162,7 @@ def main() -> None:
                 f"({row['map_seconds']:.2f}s; submit {row['submit_seconds']:.2f}s)  "
                 f"e2e {row['e2e_tasks_per_s']:8.1f} tasks/s  cold start {row['cold_start_from_call_s']:.2f}s "
                 f"from flow call, {row['cold_start_from_enter_s']:.2f}s from runner enter; "
-                f"teardown {row['teardown_s']:.2f}s",
+                f"teardown {row['teardown_s']:.2f}s\n      CPU ms per task by process role: {row['cpu_ms_per_task']}",
                 flush=True,
             )
             if args.json:

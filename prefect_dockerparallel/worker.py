@@ -83,6 +83,7 @@ class PrefectRuntime:
         )
 
         from prefect.context import hydrated_context
+        from prefect.logging.configuration import ensure_logging_setup
 
         with hydrated_context(None):
             pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
@@ -90,6 +91,9 @@ class PrefectRuntime:
         stack = ExitStack()
         if call["settings"]:
             stack.enter_context(SettingsContext(**call["settings"]))
+        # As Prefect's hydrated_context does for remote tasks: without this the worker never
+        # attaches the API log handler, and task logs and prints would not reach the UI.
+        ensure_logging_setup()
         client = stack.enter_context(SyncClientContext.get_or_create()).client
         flow_ctx = call["flow_context"]
         if flow_ctx:

@@ -380,3 +380,38 @@ def test_every_task_run_reaches_the_api_as_completed():
         return sum(1 for r in runs if r.state and r.state.is_completed())
 
     assert wait_until(lambda: completed_count() == 30, 30, interval=0.5), completed_count()
+
+
+@task(log_prints=True)
+def chatty(i: int) -> int:
+    from prefect.logging import get_run_logger
+
+    get_run_logger().info("logger line from task %d", i)
+    print(f"printed line from task {i}")
+    return i
+
+
+def test_task_logs_and_prints_reach_the_api_like_thread_pool():
+    """A worker sends its task runs' logs to the API, linked to the task run (what the UI shows)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from helpers import wait_until
+
+    @flow(task_runner=runner())
+    def f():
+        from prefect.context import FlowRunContext
+
+        chatty.map(range(3)).result()
+        return FlowRunContext.get().flow_run.id
+
+    flow_run_id = f()
+
+    def task_messages() -> set[str]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return {log.message for log in logs if log.task_run_id is not None}
+
+    expected = {f"logger line from task {i}" for i in range(3)} | {f"printed line from task {i}" for i in range(3)}
+    found = wait_until(lambda: expected <= task_messages(), 30, interval=0.5)
+    assert found, f"missing task logs in the API: {sorted(expected - task_messages())}"
