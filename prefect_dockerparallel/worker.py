@@ -327,7 +327,7 @@ class WorkerSlot:
 
     def seal_result(self, ident: str, outcome: tuple[str, Any], call: dict[str, Any]) -> bytes:
         try:
-            return self.signer.dumps(KIND_RESULT, ident, outcome)
+            return self.signer.dumps_result(ident, outcome)
         except Exception as exc:  # noqa: BLE001 - unpicklable result or exception
             what = "exception" if outcome[0] == "err" else "result"
             if call.get("kind") == "prefect":

@@ -183,3 +183,21 @@ def test_ack_can_claim_the_next_envelope_in_the_same_round_trip(queue):
     assert queue.redis.lrange(queue.keys.processing("w"), 0, -1) == [second]
     assert queue.ack("w", second, "L", None, claim_next=True) is None
     assert queue.redis.llen(queue.keys.processing("w")) == 0
+
+
+def test_results_use_plain_pickle_when_it_is_exact_and_cloudpickle_otherwise():
+    import pickle
+
+    signer = Signer(b"k" * 32)
+    plain = signer.dumps_result("t1", ("ok", {"x": [1, 2.5, "s"]}))
+    assert signer.loads(plain) == ("t1", ("ok", {"x": [1, 2.5, "s"]}))
+
+    # A class made at run time (as one that reached a worker by value) and a lambda cannot be
+    # named by module and qualname: plain pickle refuses them, cloudpickle carries them by value.
+    Dynamic = type("Dynamic", (), {"__module__": "__main__", "value": 7})
+    square = lambda v: v * v  # noqa: E731
+    for obj in (Dynamic(), square):
+        with pytest.raises(Exception):
+            pickle.dumps(obj)
+    _, (_, (inst, fn)) = signer.loads(signer.dumps_result("t2", ("ok", (Dynamic(), square))))
+    assert inst.value == 7 and fn(4) == 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import pickle
 from dataclasses import dataclass
 
 import cloudpickle
@@ -88,6 +89,22 @@ class Signer:
 
     def dumps(self, kind: bytes, ident: str, obj: object) -> bytes:
         return self.seal(kind, ident, cloudpickle.dumps(obj))
+
+    def dumps_result(self, ident: str, obj: object) -> bytes:
+        """A worker's result: plain pickle when it can, cloudpickle when it must.
+
+        Why: a task's State pickles about 4x faster with the C pickler (27 us against 109 us)
+        and the bytes are the same. Plain pickle refers to functions and classes by module and
+        name and checks that the name leads back to the same object; anything that fails that
+        check here (a class that reached the worker by value, a lambda) raises, and cloudpickle
+        then pickles it by value as before. Not used driver -> worker: there the driver's
+        `__main__` would pass the check and then not exist on the worker.
+        """
+        try:
+            body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - PicklingError, TypeError, AttributeError...
+            body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return self.seal(KIND_RESULT, ident, body)
 
     def loads(self, data: bytes, expect_kind: bytes | None = None) -> tuple[str, object]:
         """Verify, then unpickle. The only place protocol data is unpickled."""
