@@ -204,8 +204,10 @@ class DockerCluster:
         if self.queue:
             try:
                 self.queue.mark_stopping()
+                slots = self.queue.joined_slots()
                 self.queue.purge()
                 self.queue.mark_stopping()  # purge removed it; workers still polling see it
+                self.queue.wake_for_stop(slots)
             except Exception as exc:  # noqa: BLE001 - server already gone
                 log.debug("could not purge Redis keys: %s", exc)
             self.queue.redis.close()

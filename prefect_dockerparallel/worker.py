@@ -274,6 +274,9 @@ class WorkerSlot:
                     if self.queue.take_retirement():
                         self._request_stop("scaled down")
                     continue
+                if envelope == K.STOP_SENTINEL:
+                    self._request_stop("cluster stopping")
+                    break
                 envelope = self.handle(envelope)
         finally:
             self._stop.set()

@@ -201,3 +201,19 @@ def test_results_use_plain_pickle_when_it_is_exact_and_cloudpickle_otherwise():
             pickle.dumps(obj)
     _, (_, (inst, fn)) = signer.loads(signer.dumps_result("t2", ("ok", (Dynamic(), square))))
     assert inst.value == 7 and fn(4) == 16
+
+
+def test_stop_sentinel_wakes_a_blocked_claim(queue):
+    """Teardown does not wait for blocked claims to time out: the sentinel wakes them."""
+    import threading
+
+    from prefect_dockerparallel.protocol.keys import STOP_SENTINEL
+
+    got: list = []
+    claimer = threading.Thread(target=lambda: got.append(queue.claim("w-blocked", 30)))
+    claimer.start()
+    queue.wake_for_stop(2)  # one more than there are claimers: the spare one must expire
+    claimer.join(timeout=20)
+    assert not claimer.is_alive() and got == [STOP_SENTINEL]
+    assert 0 < queue.redis.ttl(queue.keys.tasks) <= 60  # no sentinel outlives the cluster for long
+    queue.wake_for_stop(0)  # nobody joined: nothing pushed

@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .keys import BLOB_TTL, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
-from .keys import WORKER_LEASE_TTL, Keys
+from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
 
 # Re-queue every envelope of workers whose lease expired. KEYS[1]=workers set, KEYS[2]=tasks,
 # KEYS[3]=attempts hash; ARGV[1]=key prefix, ARGV[2]=max attempts.
@@ -167,6 +167,18 @@ class TaskQueue:
 
     def mark_stopping(self) -> None:
         self.redis.set(self.keys.stopping, b"1", ex=3600)
+
+    def joined_slots(self) -> int:
+        return int(self.redis.scard(self.keys.workers))
+
+    def wake_for_stop(self, slots: int) -> None:
+        """Wake `slots` blocked claims with the stop sentinel (the list expires on its own)."""
+        if slots <= 0:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(self.keys.tasks, *([STOP_SENTINEL] * slots))
+        pipe.expire(self.keys.tasks, 60)
+        pipe.execute()
 
     def purge(self) -> int:
         """Delete every key of this cluster; returns how many were removed."""
