@@ -142,6 +142,9 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         session = self._ensure_session()
+        link = runtime.worker_link()
+        if link is not None:
+            runtime.warn_if_nested_submit_would_deadlock(link, getattr(task, "name", repr(task)))
         task_run_id = uuid.uuid4()
         ident = session.builder.ident(task_run_id)
         wrapped = session.listener.register(ident, state_converter)

@@ -171,6 +171,14 @@ class TaskQueue:
     def joined_slots(self) -> int:
         return int(self.redis.scard(self.keys.workers))
 
+    def slot_usage(self) -> tuple[int, int]:
+        """(joined slots, slots holding a claimed task), in two round trips."""
+        members = list(self.redis.smembers(self.keys.workers))
+        pipe = self.redis.pipeline(transaction=False)
+        for member in members:
+            pipe.llen(self.keys.processing(member.decode()))
+        return len(members), sum(1 for n in pipe.execute() if n)
+
     def wake_for_stop(self, slots: int) -> None:
         """Wake `slots` blocked claims with the stop sentinel (the list expires on its own)."""
         if slots <= 0:
