@@ -44,7 +44,7 @@ def lo_bytes() -> int:
     return lo.bytes_sent if lo else 0
 
 
-def run(kind: str, mb: int, elements: int, value_kind: str) -> dict:
+def run(kind: str, mb: int, elements: int, value_kind: str, no_cache: bool = False) -> dict:
     from prefect import flow
     from prefect.context import FlowRunContext
     from prefect.utilities.annotations import unmapped
@@ -55,7 +55,11 @@ def run(kind: str, mb: int, elements: int, value_kind: str) -> dict:
     data = os.urandom(mb * 1024 * 1024)
     value = Frame(data) if value_kind == "frame" else data
     fn = frame_size if value_kind == "frame" else size_of
-    out: dict = {"runner": kind, "mb": mb, "elements": elements, "value": value_kind}
+    if no_cache:
+        from prefect.cache_policies import NO_CACHE
+
+        fn = fn.with_options(cache_policy=NO_CACHE)  # no per-task hash of the 50 MB input
+    out: dict = {"runner": kind, "mb": mb, "elements": elements, "value": value_kind, "no_cache": no_cache}
 
     @flow(name=f"bench-data-{kind}", task_runner=make_runner(kind, 2))
     def data_flow() -> int:
@@ -99,15 +103,17 @@ def main() -> None:
     parser.add_argument("--only", default="ours,dask")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--api-url", default=None)
+    parser.add_argument("--no-cache", action="store_true", help="the task with cache_policy=NO_CACHE")
     args = parser.parse_args()
     _common.setup_prefect(args.api_url)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     for rep in range(args.reps):
         for kind in args.only.split(","):
-            res = run(kind, args.mb, args.elements, args.value)
+            res = run(kind, args.mb, args.elements, args.value, args.no_cache)
             arg_mb = args.mb * args.elements
             line = (
-                f"rep {rep} {kind:5s} {args.value} {args.mb} MB x {args.elements}: map {res['seconds']:.1f}s, "
+                f"rep {rep} {kind:7s} {args.value} {args.mb} MB x {args.elements}"
+                f"{' NO_CACHE' if args.no_cache else ''}: map {res['seconds']:.1f}s, "
                 f"driver RSS peak {res['rss_peak_mb']:.0f} MB (+{res['rss_growth_mb']:.0f} MB over {res['rss_base_mb']:.0f}), "
                 f"loopback {res['lo_bytes'] / 2**20:.0f} MB machine-wide"
             )

@@ -206,6 +206,22 @@ def test_throttled_run_task_is_retried_with_the_same_token(aws: str, agent: Fake
     driver.stop(spec)
 
 
+def test_throttled_stop_task_is_retried_and_teardown_leaves_nothing_running(
+    aws: str, agent: FakeFargateAgent  # noqa: F811
+) -> None:
+    driver, calls, spec, secrets, handle = started(aws, agent, "dp-stopthrottle")
+    driver.set_worker_containers(spec, 12, secrets, handle)
+    assert wait_until(lambda: len(agent.running()) == 13, 20)
+    calls.clear()
+    calls.throttle["StopTask"] = 5
+    driver.stop(spec)
+    stops = calls.params("StopTask")
+    assert len(stops) == 13 + 5, calls.ops()  # every task once, plus the 5 throttled retries
+    ecs = boto(aws, "ecs")
+    running = ecs.list_tasks(cluster=ECS_CLUSTER, startedBy="dp-stopthrottle", desiredStatus="RUNNING")["taskArns"]
+    assert running == []
+
+
 def test_scale_up_and_down_while_running(aws: str, agent: FakeFargateAgent) -> None:  # noqa: F811
     driver, _, spec, secrets, handle = started(aws, agent, "dp-scale")
     driver.set_worker_containers(spec, 5, secrets, handle)
