@@ -10,6 +10,7 @@ heartbeat has been gone for `idle_timeout` (dead-man's switch) or the cluster is
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -260,6 +261,9 @@ class WorkerSlot:
             log.error(msg)
             return EXIT_VERSION_MISMATCH
         self.prefect.warm_up()
+        # Prefect's modules and models (~150,000 objects) live as long as the process: keep them
+        # out of the collector's scans. GC time per 500 no-op tasks: 0.09-0.12 s -> 0.02 s.
+        gc.freeze()
         self.queue.join(self.worker_id)
         runtime.set_worker_link(runtime.WorkerLink(self.queue, self.signer, self.worker_id))
         beat = threading.Thread(target=self._heartbeat_loop, name="dp-heartbeat", daemon=True)
