@@ -90,9 +90,9 @@ def wait_for_quiet_server(max_wait: float = 180.0, busy_below: float = 0.15) -> 
     last = sum(_cpu(p) for p in servers)
     while time.monotonic() - start < max_wait:
         time.sleep(0.5)
-        now = sum(_cpu(p) for p in servers)
-        busy = (now - last) / 0.5
-        last = now
+        used = sum(_cpu(p) for p in servers)
+        busy = (used - last) / 0.5
+        last = used
         if busy < busy_below:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 1.5:

@@ -106,7 +106,6 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true", help="the task with cache_policy=NO_CACHE")
     args = parser.parse_args()
     _common.setup_prefect(args.api_url)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     for rep in range(args.reps):
         for kind in args.only.split(","):
             res = run(kind, args.mb, args.elements, args.value, args.no_cache)

@@ -6,7 +6,6 @@ context finds it here and reuses the worker's queue instead of provisioning a cl
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from .protocol import Signer, TaskQueue
@@ -50,7 +49,9 @@ def warn_if_nested_submit_would_deadlock(link: WorkerLink, task_name: str) -> No
     except Exception:  # noqa: BLE001 - a warning must never fail a submit
         return
     if joined and busy >= joined:
-        _task_run_logger().warning(
+        from .progress import run_logger_or_default  # the task run's logger: shown in the UI
+
+        run_logger_or_default().warning(
             "Task %r was submitted from inside another task while all %d worker slots of the "
             "cluster are busy. If the parent task waits for the child's result this deadlocks, "
             "because no slot is free to run the child. Give the cluster more slots (`workers`, "
@@ -59,13 +60,3 @@ def warn_if_nested_submit_would_deadlock(link: WorkerLink, task_name: str) -> No
             task_name,
             joined,
         )
-
-
-def _task_run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The current task run's logger (its lines reach the Prefect UI), else this module's."""
-    try:
-        from prefect.logging import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - no run context
-        return logging.getLogger("prefect_dockerparallel")

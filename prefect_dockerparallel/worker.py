@@ -83,11 +83,9 @@ class PrefectRuntime:
             _deployment_parameters,
         )
 
-        from prefect.context import hydrated_context
         from prefect.logging.configuration import ensure_logging_setup
 
-        with hydrated_context(None):
-            pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
+        # The context models were rebuilt once, in `warm_up`, which runs before any claim.
         self.close()
         stack = ExitStack()
         if call["settings"]:
@@ -121,7 +119,7 @@ class PrefectRuntime:
 
         load_prefect_collections()
         with hydrated_context(None):
-            pass
+            pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
 
     @staticmethod
     def flush() -> None:

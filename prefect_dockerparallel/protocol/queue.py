@@ -19,9 +19,6 @@ from redis.retry import Retry
 from .keys import BLOB_TTL, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
 from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
 
-# Re-queue every envelope of workers whose lease expired. KEYS[1]=workers set, KEYS[2]=tasks,
-# KEYS[3]=attempts hash; ARGV[1]=key prefix, ARGV[2]=max attempts.
-# Returns a flat list: task_id, worker_id, outcome ("requeued" | "exhausted"), ...
 # Ack in one command: publish the result, drop the claim and (optionally) claim the next
 # envelope, atomically as MULTI/EXEC would. One reply to parse instead of five: redis-py's
 # MULTI pipeline was 11% of a worker's CPU in the no-op benchmark.
@@ -33,6 +30,9 @@ if ARGV[3] == '1' then return redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LE
 return false
 """
 
+# Re-queue every envelope of workers whose lease expired. KEYS[1]=workers set, KEYS[2]=tasks,
+# KEYS[3]=attempts hash; ARGV[1]=key prefix, ARGV[2]=max attempts.
+# Returns a flat list: task_id, worker_id, outcome ("requeued" | "exhausted"), ...
 _REQUEUE_LUA = """
 local out = {}
 local workers = redis.call('SMEMBERS', KEYS[1])
