@@ -27,7 +27,7 @@ def _exit(code: int) -> None:
 
 os._exit = _exit  # type: ignore[assignment]
 
-from prefect_dockerparallel import worker  # noqa: E402
+from prefect_dockerparallel.container import worker  # noqa: E402
 
 prof.enable()
 try:

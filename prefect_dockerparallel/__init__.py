@@ -1,8 +1,8 @@
 """prefect-dockerparallel: a per-flow-run cluster of worker containers for Prefect.
 
-Public names load lazily, so the container entrypoints (`python -m prefect_dockerparallel.server`
-/ `.worker`) start without importing Prefect, and importing the collection never imports boto3
-or kubernetes. When Prefect itself loads the collection (it is already imported then), the blocks
+Public names load lazily, so the container entrypoints (`python -m
+prefect_dockerparallel.container.server` / `.container.worker`) start without importing Prefect,
+and importing the collection never imports boto3 or kubernetes. When Prefect itself loads the collection (it is already imported then), the blocks
 are imported at once so that Prefect's block registry knows them.
 """
 

@@ -13,8 +13,8 @@ from .providers.base import Provider
 
 DRIVER_MODULES = {
     "local": "prefect_dockerparallel.providers.local",
-    "ecs": "prefect_dockerparallel.providers.ecs",
-    "aks": "prefect_dockerparallel.providers.kubernetes",
+    "ecs": "prefect_dockerparallel.providers.ecs.driver",
+    "aks": "prefect_dockerparallel.providers.kubernetes.driver",
 }
 
 
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args, _ = parser.parse_known_args(argv)
     if args.command == "worker":
-        from .worker import main as worker_main
+        from .container.worker import main as worker_main
 
         return worker_main()
     if args.command == "server":
-        from .server import main as server_main
+        from .container.server import main as server_main
 
         return server_main()
     return args.func(args)

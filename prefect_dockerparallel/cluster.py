@@ -15,7 +15,7 @@ import time
 import weakref
 from typing import Any
 
-from .futures import ResultListener
+from .runner.futures import ResultListener
 from .protocol import KIND_RESULT, Signer, TaskQueue, connect
 from .protocol import keys as K
 from .protocol.blobs import BlobStore

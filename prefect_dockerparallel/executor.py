@@ -6,7 +6,7 @@ import concurrent.futures
 import uuid
 from typing import Any, Callable
 
-from .futures import plain_converter
+from .runner.futures import plain_converter
 from .protocol import KIND_TASK
 from .protocol import keys as K
 from .protocol.blobs import dumps_with_refs

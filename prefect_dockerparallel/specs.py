@@ -18,6 +18,10 @@ SSHD_STEP = (
     ' && printf "%s\\n" "$DOCKERPARALLEL_SSH_PUBLIC_KEY" > /root/.ssh/authorized_keys'
     " && chmod 600 /root/.ssh/authorized_keys && /usr/sbin/sshd"
 )
+# The container entrypoints (`python -m MODULE`): the one place that names them.
+WORKER_MODULE = "prefect_dockerparallel.container.worker"
+SERVER_MODULE = "prefect_dockerparallel.container.server"
+ENTRYPOINT_MODULES = {"worker": WORKER_MODULE, "server": SERVER_MODULE}
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
@@ -78,7 +82,7 @@ class ContainerSpec:
             pip[0] += "[local]"
         if pip:
             steps.append("pip install -q " + " ".join(_shell_word(p) for p in pip))
-        steps.append(f"exec python -m prefect_dockerparallel.{entrypoint}")
+        steps.append(f"exec python -m {ENTRYPOINT_MODULES[entrypoint]}")
         return " && ".join(steps)
 
 

@@ -17,11 +17,12 @@ from prefect.task_runners import TaskRunner
 from prefect.utilities.annotations import allow_failure, quote, unmapped
 from prefect.utilities.collections import visit_collection
 
-from . import runtime
-from .futures import DockerParallelFuture, ResultListener, state_converter
+from .container import link as runtime
+from .runner.nested import warn_if_nested_submit_would_deadlock
+from .runner.futures import DockerParallelFuture, ResultListener, state_converter
 from .protocol import Signer, TaskQueue
 from .protocol.blobs import BlobStore
-from .submission import PayloadBuilder
+from .runner.submission import PayloadBuilder
 
 _CONFIG_FIELDS = (
     "provider",
@@ -126,7 +127,7 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
                         "outside a worker; it has no cluster configuration to provision with"
                     )
                 else:
-                    from .config import build_cluster
+                    from .runner.config import build_cluster
 
                     self._session = _Session.on_driver(build_cluster(self.cluster, self.overrides))
         return self._session
@@ -144,7 +145,7 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         session = self._ensure_session()
         link = runtime.worker_link()
         if link is not None:
-            runtime.warn_if_nested_submit_would_deadlock(link, getattr(task, "name", repr(task)))
+            warn_if_nested_submit_would_deadlock(link, getattr(task, "name", repr(task)))
         task_run_id = uuid.uuid4()
         ident = session.builder.ident(task_run_id)
         wrapped = session.listener.register(ident, state_converter)
@@ -277,7 +278,7 @@ class _Session:
     def on_driver(cls, cluster: Any) -> "_Session":
         import prefect
 
-        from .progress import ProvisioningProgress, run_logger_or_default
+        from .runner.progress import ProvisioningProgress, run_logger_or_default
 
         cluster.extra_meta["prefect"] = prefect.__version__
         logger = run_logger_or_default()
@@ -291,7 +292,7 @@ class _Session:
         if self.progress is not None:
             self.progress.stop()
         if self.cluster is not None:
-            from .config import finish_cluster
+            from .runner.config import finish_cluster
 
             finish_cluster(self.cluster)
         else:  # nested runner on a worker: its own listener, the worker's queue

@@ -7,7 +7,7 @@ runs on this machine, it also plays the network: a task's private IP + container
 loopback port (`map_endpoint`), like a NAT, and worker environments are rewritten accordingly.
 
 mode="redis": server tasks run plain redis-server, worker tasks run an idle process (unit tests).
-mode="entrypoints": tasks run `python -m prefect_dockerparallel.<server|worker>` (end-to-end).
+mode="entrypoints": tasks run `python -m prefect_dockerparallel.container.<server|worker>` (end-to-end).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ecs_support import free_port
 from prefect_dockerparallel.protocol import keys as K
 from prefect_dockerparallel.specs import Endpoint
 
-ENTRYPOINT = re.compile(r"exec python -m prefect_dockerparallel\.(server|worker)$")
+ENTRYPOINT = re.compile(r"exec python -m prefect_dockerparallel\.container\.(server|worker)$")
 CLOSED = Endpoint("127.0.0.1", 1)  # refused at once: "not reachable yet"
 
 
@@ -156,7 +156,7 @@ class FakeFargateAgent:
             mapped = self.map_endpoint(Endpoint(env[K.ENV_REDIS_HOST], int(env[K.ENV_REDIS_PORT])))
             env = {**env, K.ENV_REDIS_HOST: mapped.host, K.ENV_REDIS_PORT: str(mapped.port)}
         if self.mode == "entrypoints":
-            return [sys.executable, "-m", f"prefect_dockerparallel.{role}"], {**os.environ, **env}
+            return [sys.executable, "-m", f"prefect_dockerparallel.container.{role}"], {**os.environ, **env}
         if role == "server":
             argv = ["redis-server", "--port", env[K.ENV_REDIS_PORT], "--bind", "127.0.0.1", "--save", ""]
             return argv + ["--requirepass", env[K.ENV_REDIS_PASSWORD]], {"PATH": os.environ["PATH"], **env}

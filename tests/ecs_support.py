@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from prefect_dockerparallel.providers.ecs import EcsDriver
+from prefect_dockerparallel.providers.ecs.driver import EcsDriver
 
 RUNNER_CIDR = "203.0.113.7/32"
 SERVICES = ("ecs", "ec2", "ssm", "iam", "logs")

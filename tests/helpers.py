@@ -30,7 +30,7 @@ def cluster_processes(cluster: str | None = None) -> list[psutil.Process]:
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.pid == me:
                 continue
-            if "prefect_dockerparallel.worker" in cmd or "prefect_dockerparallel.server" in cmd:
+            if "prefect_dockerparallel.container.worker" in cmd or "prefect_dockerparallel.container.server" in cmd:
                 env = proc.info["environ"] or {}
                 if env.get("DOCKERPARALLEL_STATE_DIR") != os.environ.get("DOCKERPARALLEL_STATE_DIR"):
                     continue  # not started by this test session (another run, a system redis)
@@ -57,7 +57,7 @@ class RedisServer:
 
     def __enter__(self) -> "RedisServer":
         from prefect_dockerparallel.providers.local import free_port
-        from prefect_dockerparallel.server import find_redis_server, start_redis, wait_ready
+        from prefect_dockerparallel.container.server import find_redis_server, start_redis, wait_ready
         from prefect_dockerparallel.protocol import connect
 
         self.port = free_port()

@@ -15,7 +15,7 @@ import pytest
 
 from k8s_fake_kubelet import FakeKubernetes
 
-from prefect_dockerparallel.providers.kubernetes import KubernetesDriver
+from prefect_dockerparallel.providers.kubernetes.driver import KubernetesDriver
 from prefect_dockerparallel.specs import ClusterSecrets, ClusterSpec, ContainerSpec
 
 # The image's own Python has the package: nothing to pip install (the kubelet drops it anyway).

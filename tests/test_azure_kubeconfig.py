@@ -20,8 +20,8 @@ import yaml
 
 from k8s_fixtures import fake_k8s, free_port, make_spec  # noqa: F401
 
-from prefect_dockerparallel.aks_block import AKSProvider
-from prefect_dockerparallel.providers.azure import AKS_SCOPE, ARM_SCOPE, AzureClient, AzureCredentials, _retry_after
+from prefect_dockerparallel.blocks.aks import AKSProvider
+from prefect_dockerparallel.providers.kubernetes.azure import AKS_SCOPE, ARM_SCOPE, AzureClient, AzureCredentials, _retry_after
 from prefect_dockerparallel.providers.base import ProviderError
 from prefect_dockerparallel.specs import ClusterSecrets
 

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import cluster_processes, wait_until
 from prefect_dockerparallel import DockerCluster
-from prefect_dockerparallel.futures import WorkerLost
+from prefect_dockerparallel.runner.futures import WorkerLost
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from prefect_dockerparallel.ecs_block import ECSFargateProvider
+from prefect_dockerparallel.blocks.ecs import ECSFargateProvider
 from prefect_dockerparallel.providers.base import ProviderError
-from prefect_dockerparallel.providers.ecs_settings import EcsSettings
+from prefect_dockerparallel.providers.ecs.settings import EcsSettings
 
 
 def test_every_field_is_described_and_credentials_are_secret() -> None:
@@ -73,7 +73,7 @@ def test_importing_the_block_does_not_import_boto3() -> None:
     import subprocess
 
     code = (
-        "import sys; from prefect_dockerparallel.ecs_block import ECSFargateProvider; "
+        "import sys; from prefect_dockerparallel.blocks.ecs import ECSFargateProvider; "
         "ECSFargateProvider(runner_cidr='1.2.3.4'); print('boto3' in sys.modules)"
     )
     out = subprocess.run(
@@ -105,7 +105,7 @@ def ip_echo() -> Iterator[str]:
 
 
 def test_egress_ip_is_detected_as_a_slash_32(ip_echo: str) -> None:
-    from prefect_dockerparallel.providers.ecs_network import detect_egress_cidr
+    from prefect_dockerparallel.providers.ecs.network import detect_egress_cidr
 
     assert detect_egress_cidr(ip_echo) == "198.51.100.23/32"
     with pytest.raises(ProviderError, match="set runner_cidr"):

@@ -14,7 +14,7 @@ from ecs_support import aws, make_driver, moto_url  # noqa: F401 (fixtures)
 from helpers import wait_until
 
 from prefect_dockerparallel.cli import main
-from prefect_dockerparallel.providers.ecs_aws import CLUSTER_TAG
+from prefect_dockerparallel.providers.ecs.aws import CLUSTER_TAG
 from prefect_dockerparallel.specs import ClusterSecrets, ClusterSpec
 
 ECS_CLUSTER = "docker-parallel-cluster"

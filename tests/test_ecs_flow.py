@@ -1,7 +1,7 @@
 """End to end on "ECS": a real Prefect flow whose mapped tasks run in Fargate tasks of moto.
 
 The fake Fargate agent (tests/ecs_agent.py) plays AWS's side: for every RUNNING task of the
-cluster it starts the container's entrypoint (`python -m prefect_dockerparallel.server` or
+cluster it starts the container's entrypoint (`python -m prefect_dockerparallel.container.server` or
 `.worker`) as a local process, with the environment of the task definition, the SSM secrets it
 references resolved, and the server's private IP mapped to a loopback port. Stopping a task
 stops its process. Verified against moto only, not live AWS.

@@ -15,8 +15,8 @@ from ecs_support import RUNNER_CIDR, Calls, aws, make_driver, moto_url  # noqa: 
 from helpers import wait_until
 
 from prefect_dockerparallel.providers.base import ProviderError
-from prefect_dockerparallel.providers.ecs import EcsDriver
-from prefect_dockerparallel.providers.ecs_aws import CLUSTER_TAG, FLOW_RUN_TAG, NETWORK_TAG
+from prefect_dockerparallel.providers.ecs.driver import EcsDriver
+from prefect_dockerparallel.providers.ecs.aws import CLUSTER_TAG, FLOW_RUN_TAG, NETWORK_TAG
 from prefect_dockerparallel.specs import ClusterSecrets, ClusterSpec, ContainerSpec
 
 ECS_CLUSTER = "docker-parallel-cluster"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_dockerparallel.providers.fargate_sizes import (
+from prefect_dockerparallel.providers.ecs.sizes import (
     FargateSize,
     check_exact,
     is_valid,

@@ -99,7 +99,7 @@ REDIS_SCRIPT = textwrap.dedent(
     from prefect import flow, task
     from prefect.context import FlowRunContext
     from prefect_dockerparallel import DockerParallelTaskRunner
-    from prefect_dockerparallel.server import start_redis, find_redis_server
+    from prefect_dockerparallel.container.server import start_redis, find_redis_server
 
     MODE = sys.argv[1]  # "kill" or "restart"
 

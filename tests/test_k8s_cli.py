@@ -16,7 +16,7 @@ from helpers import wait_until
 from k8s_fixtures import fake_k8s, make_driver, make_spec  # noqa: F401
 
 from prefect_dockerparallel import cli
-from prefect_dockerparallel.providers.kubernetes import from_env
+from prefect_dockerparallel.providers.kubernetes.driver import from_env
 from prefect_dockerparallel.specs import ClusterSecrets
 
 

@@ -1,6 +1,6 @@
 """KubernetesDriver against the fake Kubernetes API, through the real `kubernetes` client.
 
-Server pods run the real `prefect_dockerparallel.server` entrypoint (redis-server under the
+Server pods run the real `prefect_dockerparallel.container.server` entrypoint (redis-server under the
 watchdog). Worker pods here run a stand-in that only proves what a worker needs from its pod:
 the Secret-referenced password and the Service DNS name reach Redis (`test_k8s_flow.py` runs real
 workers under a Prefect flow).
@@ -24,7 +24,7 @@ from k8s_fixtures import cluster, driver, fake_k8s, make_driver, make_spec  # no
 
 from prefect_dockerparallel.protocol import keys as K
 from prefect_dockerparallel.providers.base import ProviderError
-from prefect_dockerparallel.providers.kubernetes import KubernetesDriver
+from prefect_dockerparallel.providers.kubernetes.driver import KubernetesDriver
 from prefect_dockerparallel.specs import ClusterSecrets
 
 STANDIN_WORKER = """
@@ -38,7 +38,7 @@ time.sleep(3600)
 
 
 def standin_rewrite(command: list[str]) -> list[str]:
-    if "prefect_dockerparallel.worker" in command[-1]:
+    if "prefect_dockerparallel.container.worker" in command[-1]:
         return [sys.executable, "-c", STANDIN_WORKER]
     return rewrite_startup(command)
 

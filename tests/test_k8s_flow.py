@@ -23,7 +23,7 @@ from helpers import wait_until
 from k8s_fixtures import TEST_CONTAINER, fake_k8s, free_port  # noqa: F401
 
 from prefect_dockerparallel import DockerParallelTaskRunner
-from prefect_dockerparallel.aks_block import AKSProvider
+from prefect_dockerparallel.blocks.aks import AKSProvider
 
 MANAGED = "app.kubernetes.io/managed-by=prefect-dockerparallel"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from prefect_dockerparallel.providers.kubernetes_inventory import plan_workers, summarize
+from prefect_dockerparallel.providers.kubernetes.inventory import plan_workers, summarize
 
 
 def job(name: str, gen: int, parallelism: int, active: int = 0, succeeded: int = 0, failed: bool = False) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from prefect_dockerparallel.server import find_redis_server
+from prefect_dockerparallel.container.server import find_redis_server
 
 
 def test_missing_redis_server_names_what_to_install(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from helpers import wait_until
-from prefect_dockerparallel.progress import ProvisioningProgress, progress_message, run_logger_or_default
+from prefect_dockerparallel.runner.progress import ProvisioningProgress, progress_message, run_logger_or_default
 from prefect_dockerparallel.specs import WorkerNumbers
 
 

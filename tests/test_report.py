@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_dockerparallel.report import (
+from prefect_dockerparallel.runner.summary import (
     FARGATE_PRICES,
     cluster_summary_markdown,
     fargate_cost_usd,
@@ -74,7 +74,7 @@ def test_summary_artifact_is_linked_to_the_flow_run_even_outside_its_context() -
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.context import get_run_context
 
-    from prefect_dockerparallel.report import publish_summary_artifact
+    from prefect_dockerparallel.runner.summary import publish_summary_artifact
 
     @flow
     def noop() -> str:

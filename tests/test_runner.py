@@ -13,7 +13,7 @@ from prefect.futures import as_completed, wait
 from prefect.utilities.annotations import allow_failure, unmapped
 
 from prefect_dockerparallel import DockerParallelTaskRunner
-from prefect_dockerparallel.submission import UnpicklableParameter
+from prefect_dockerparallel.runner.submission import UnpicklableParameter
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 

@@ -12,12 +12,12 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop"
 def test_worker_script_installs_packages_then_execs_the_entrypoint():
     script = ContainerSpec(pip_packages=("numpy==2.1",), system_packages=("git",)).startup_script("worker")
     assert script.index("apt-get install -y -qq 'git'") < script.index("pip install -q 'prefect-dockerparallel' 'numpy==2.1'")
-    assert script.endswith("exec python -m prefect_dockerparallel.worker")
+    assert script.endswith("exec python -m prefect_dockerparallel.container.worker")
 
 
 def test_server_script_brings_a_redis_server_and_skips_worker_packages():
     script = ContainerSpec(pip_packages=("numpy",), system_packages=("git",)).startup_script("server")
-    assert script == "pip install -q 'prefect-dockerparallel[local]' && exec python -m prefect_dockerparallel.server"
+    assert script == "pip install -q 'prefect-dockerparallel[local]' && exec python -m prefect_dockerparallel.container.server"
 
 
 def test_ssh_key_starts_sshd_from_the_environment_not_the_script():

@@ -1,4 +1,5 @@
-"""Providers: local processes, AWS ECS Fargate (boto3) and Kubernetes/AKS (kubernetes client).
+"""Providers, one room each: `local.py` (processes on this machine), `ecs/` (AWS ECS Fargate,
+boto3), `kubernetes/` (AKS or any Kubernetes, the kubernetes client). `base.py` is the interface.
 
 Cloud providers are imported lazily so that importing the collection never imports boto3 or
 kubernetes (every Prefect process imports collections).

@@ -1,7 +1,7 @@
 """The provider interface: how a cluster's Redis server and worker containers come to exist.
 
 Providers know no Prefect and no blocks: they receive frozen specs (`specs.py`) and secrets, and
-run the two container entrypoints (`python -m prefect_dockerparallel.server` / `.worker`) with
+run the two container entrypoints (`specs.ENTRYPOINT_MODULES`: `container.server`, `container.worker`) with
 the environment that `container_env` builds. Every resource they create carries
 `spec.labels` so `clusters cleanup` can find leftovers.
 """

@@ -1,7 +1,7 @@
 """LocalDriver: the embedded default. Redis and workers as processes on this machine.
 
 Each "container" is a process started with exactly the command and environment a cloud container
-gets (`python -m prefect_dockerparallel.server|worker` + `base.server_env|worker_env`), so the
+gets (`python -m prefect_dockerparallel.container.server|worker` + `base.server_env|worker_env`), so the
 local cluster exercises the same entrypoints, watchdog and dead-man's switch as the cloud.
 A state file per cluster (mode 0600, in the user's runtime dir) lets `reconnect`, `clusters ls`
 and `clusters cleanup` find clusters started by other processes.
@@ -23,8 +23,8 @@ from pathlib import Path
 import redis
 
 from ..protocol.queue import connect
-from ..server import find_redis_server
-from ..specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
+from ..container.server import find_redis_server
+from ..specs import ENTRYPOINT_MODULES, ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
 from .base import Provider, ProviderError, server_env, worker_env
 
 
@@ -120,7 +120,7 @@ class LocalDriver(Provider):
         log = open(self._log_path(spec.name), "ab")
         try:
             return subprocess.Popen(
-                [self.python, "-m", f"prefect_dockerparallel.{entrypoint}"],
+                [self.python, "-m", ENTRYPOINT_MODULES[entrypoint]],
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

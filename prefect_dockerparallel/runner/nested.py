@@ -1,34 +1,8 @@
-"""Process-wide link to the cluster when this process is a worker.
-
-The worker sets it at start; a task runner that Prefect duplicates inside a remote task's hydrated
-context finds it here and reuses the worker's queue instead of provisioning a cluster of its own.
-"""
+"""The nested-submit deadlock warning: a task submitting children while every slot is busy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .protocol import Signer, TaskQueue
-
-
-@dataclass(frozen=True)
-class WorkerLink:
-    queue: TaskQueue
-    signer: Signer
-    worker_id: str
-
-
-_link: WorkerLink | None = None
-
-
-def set_worker_link(link: WorkerLink | None) -> None:
-    global _link
-    _link = link
-
-
-def worker_link() -> WorkerLink | None:
-    return _link
-
+from ..container.link import WorkerLink
 
 _nested_warning_done = False
 

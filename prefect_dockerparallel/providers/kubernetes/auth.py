@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .azure import AKS_SCOPE, AzureClient, AzureCredentials
-from .base import ProviderError
+from ..base import ProviderError
 
 PLUGIN_FIXES = {
     "kubelogin": (

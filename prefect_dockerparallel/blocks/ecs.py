@@ -11,7 +11,7 @@ from typing import Literal, Optional
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from .providers.base import Provider
+from ..providers.base import Provider
 
 
 def _secret(value: Optional[SecretStr]) -> Optional[str]:
@@ -129,14 +129,14 @@ class ECSFargateProvider(Block):
     @classmethod
     def _check_cidr(cls, value: Optional[str]) -> Optional[str]:
         if value:
-            from .providers.ecs_settings import normalize_cidr
+            from ..providers.ecs.settings import normalize_cidr
 
             return normalize_cidr(value)
         return value
 
     def build_provider(self) -> Provider:
-        from .providers.ecs import EcsDriver
-        from .providers.ecs_settings import EcsSettings
+        from ..providers.ecs.driver import EcsDriver
+        from ..providers.ecs.settings import EcsSettings
 
         plain = self.model_dump(
             exclude={

@@ -16,9 +16,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..protocol import keys as K
-from ..specs import ClusterSecrets
-from .ecs_aws import NETWORK_TAG, aws_tags, error_code
+from ...protocol import keys as K
+from ...specs import ClusterSecrets
+from .aws import NETWORK_TAG, aws_tags, error_code
 
 log = logging.getLogger("prefect_dockerparallel.ecs")
 

@@ -20,7 +20,7 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectConcurrentFuture
 from prefect.results import ResultRecord
 
-from .protocol import EnvelopeError, Signer, TaskQueue
+from ..protocol import EnvelopeError, Signer, TaskQueue
 
 log = logging.getLogger("prefect_dockerparallel.futures")
 

@@ -110,7 +110,7 @@ def cluster_summary_markdown(
     cpu_units, memory_mb = worker_cpu * slots, worker_memory * slots
     if provider_kind == "ecs":
         # The ECS provider rounds each worker task up to the next valid Fargate size.
-        from .providers.fargate_sizes import round_up
+        from ..providers.ecs.sizes import round_up
 
         size = round_up(cpu_units, memory_mb)
         if size is not None:

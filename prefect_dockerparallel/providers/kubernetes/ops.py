@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from .azure import AzureCredentials
-from .base import ProviderError
-from .kubernetes_auth import Access, build_access
+from ..base import ProviderError
+from .auth import Access, build_access
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = {429, 500, 502, 503, 504}

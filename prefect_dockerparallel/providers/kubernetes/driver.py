@@ -11,8 +11,8 @@ DNS name. The driver (flow runner) reaches it in one of three ways:
   not encrypted on the way;
 - "direct" (default in a cluster): the Service DNS name, as the workers do.
 
-The object graph and why it is shaped so is in `kubernetes_objects.py`. This module is the only one importing `kubernetes`
-(with its siblings kubernetes_*.py): the import happens on first API use.
+The object graph and why it is shaped so is in `objects.py`. This package is the only one
+importing `kubernetes` (in `ops.py` and `auth.py`): the import happens on first API use.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import kubernetes_objects as O
+from . import objects as O
 from .azure import AzureCredentials
-from .base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
-from .kubernetes_forward import PortForwarder
-from .kubernetes_inventory import plan_workers, summarize
-from .kubernetes_ops import Api, pod_failure, pod_ready
-from ..specs import (
+from ..base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
+from ..readiness import poll, redis_answers
+from .forward import PortForwarder
+from .inventory import plan_workers, summarize
+from .ops import Api, pod_failure, pod_ready
+from ...specs import (
     ClusterRecord,
     ClusterSecrets,
     ClusterSpec,
@@ -353,21 +354,9 @@ class KubernetesDriver(Provider):
             raise ProviderError(f"{exc}" + (f" ({hint})" if hint else "")) from None
 
     def _wait_redis(self, at: Endpoint, password: str, deadline: float) -> None:
-        import redis
-
-        def ping() -> bool:
-            client = redis.Redis(host=at.host, port=at.port, password=password, socket_timeout=5, socket_connect_timeout=5)
-            try:
-                return bool(client.ping())
-            except redis.AuthenticationError:
-                raise ProviderError(f"Redis at {at} rejected the cluster password") from None
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                return False
-            finally:
-                client.close()
-
         try:
-            self._wait(ping, deadline - time.monotonic(), f"Redis at {at} to accept clients")
+            self._wait(lambda: redis_answers(at, password, timeout=5), deadline - time.monotonic(),
+                       f"Redis at {at} to accept clients")
         except TimeoutError as exc:
             raise ProviderError(
                 f"{exc}: with access='loadbalancer' behind a NAT or proxy, set source_ranges to the "
@@ -375,13 +364,7 @@ class KubernetesDriver(Provider):
             ) from None
 
     def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + max(timeout, 0)
-        while True:
-            if cond():
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out waiting for {what}")
-            time.sleep(self.poll_interval)
+        poll(cond, timeout, what, self.poll_interval)
 
 
 def from_env() -> KubernetesDriver:

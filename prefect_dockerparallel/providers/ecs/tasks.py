@@ -1,7 +1,7 @@
 """ECS task plumbing: per-run task definitions, RunTask in batches, DescribeTasks parsing.
 
 Secrets never enter a task definition or RunTask: the definition's `secrets` section names SSM
-SecureString parameters (see `ecs_secrets.py`), which the ECS agent resolves at container start.
+SecureString parameters (see `secrets.py`), which the ECS agent resolves at container start.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .base import ProviderError
-from .ecs_aws import (
+from ..base import ProviderError
+from .aws import (
     CLUSTER_TAG,
     NETWORK_TAG,
     ROLE_TAG,
@@ -26,7 +26,7 @@ from .ecs_aws import (
     from_ecs_tags,
     with_backoff,
 )
-from .fargate_sizes import FargateSize
+from .sizes import FargateSize
 
 log = logging.getLogger("prefect_dockerparallel.ecs")
 

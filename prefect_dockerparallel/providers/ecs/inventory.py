@@ -13,11 +13,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..specs import ClusterRecord
-from .ecs_aws import CLUSTER_TAG, FLOW_RUN_TAG, chunks, error_code, from_aws_tags, from_ecs_tags
-from .ecs_network import delete_security_group, find_run_security_groups
-from .ecs_secrets import delete_parameters, find_parameters
-from .ecs_tasks import TaskInfo, describe, list_task_arns, stop_tasks
+from ...specs import ClusterRecord
+from .aws import CLUSTER_TAG, FLOW_RUN_TAG, chunks, error_code, from_aws_tags, from_ecs_tags
+from .network import delete_security_group, find_run_security_groups
+from .secrets import delete_parameters, find_parameters
+from .tasks import TaskInfo, describe, list_task_arns, stop_tasks
 
 log = logging.getLogger("prefect_dockerparallel.ecs")
 

@@ -4,7 +4,7 @@ Account-level pieces (ECS cluster, VPC, subnet, gateway, routes, execution role,
 found by tag/name or created once and reused. Per-run pieces (tasks, a security group, SSM
 SecureString parameters holding the secrets, task definition revisions) carry the cluster's
 labels and are removed by `stop()` or, after a crash, by `clusters cleanup --provider ecs`.
-Only this module family imports boto3 (through `ecs_aws`).
+Only this package imports boto3 (through `aws.py`).
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
-from . import ecs_inventory as inv
-from . import ecs_secrets as sec
-from .base import Provider, ProviderError, server_env, worker_env
-from .ecs_aws import make_client, make_session, with_backoff
-from .ecs_network import (
+from ...specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
+from . import inventory as inv
+from . import secrets as sec
+from ..base import Provider, ProviderError, server_env, worker_env
+from .aws import make_client, make_session, with_backoff
+from .network import (
     Network,
     create_run_security_group,
     detect_egress_cidr,
     ensure_network,
     find_run_security_groups,
 )
-from .ecs_server import endpoints, server_command, wait_ready
-from .ecs_settings import EcsSettings
-from .ecs_tasks import (
+from .server import endpoints, server_command, wait_ready
+from .settings import EcsSettings
+from .tasks import (
     ContainerPlan,
     Launch,
     TaskInfo,
@@ -40,7 +40,7 @@ from .ecs_tasks import (
     run_tasks,
     stop_tasks,
 )
-from .fargate_sizes import FargateSize, check_exact, worker_container_size
+from .sizes import FargateSize, check_exact, worker_container_size
 
 log = logging.getLogger("prefect_dockerparallel.ecs")
 

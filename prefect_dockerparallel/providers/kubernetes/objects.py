@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..protocol import keys as K
-from ..specs import ClusterSecrets, ClusterSpec
+from ...protocol import keys as K
+from ...specs import ClusterSecrets, ClusterSpec
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "prefect-dockerparallel"

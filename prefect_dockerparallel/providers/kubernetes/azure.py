@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import httpx
 
-from .base import ProviderError
+from ..base import ProviderError
 
 ARM_SCOPE = "https://management.azure.com/.default"
 # Well-known application id of the AKS AAD server (the audience kubelogin asks tokens for).

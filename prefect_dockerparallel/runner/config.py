@@ -14,7 +14,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from .cluster import DockerCluster, as_driver
+from ..cluster import DockerCluster, as_driver
 
 log = logging.getLogger("prefect_dockerparallel.config")
 
@@ -23,10 +23,10 @@ ALLOW_LOOPBACK_ENV = "DOCKERPARALLEL_ALLOW_LOOPBACK_API"
 
 def load_cluster_config(cluster: Any) -> Any:
     """The ClusterConfig block named or given, or None for the local default."""
-    from .blocks import ClusterConfig
+    from ..blocks import ClusterConfig
 
     if cluster is None:
-        from .settings import default_cluster_block_name
+        from ..settings import default_cluster_block_name
 
         cluster = default_cluster_block_name()
     if cluster is None or isinstance(cluster, ClusterConfig):
@@ -119,7 +119,7 @@ def finish_cluster(cluster: DockerCluster) -> None:
 
 def publish_summary(cluster: DockerCluster) -> None:
     """The cluster summary as a markdown artifact of the flow run (cost estimate for Fargate)."""
-    from .report import cluster_summary_markdown, publish_summary_artifact
+    from .summary import cluster_summary_markdown, publish_summary_artifact
 
     spec = cluster.spec
     if not spec.flow_run_id:

@@ -19,8 +19,8 @@ import time
 
 import redis
 
-from .protocol import keys as K
-from .protocol.queue import connect
+from ..protocol import keys as K
+from ..protocol.queue import connect
 
 log = logging.getLogger("prefect_dockerparallel.server")
 

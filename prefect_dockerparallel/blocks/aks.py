@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from .providers.base import Provider
+from ..providers.base import Provider
 
 AZURE_FIELDS = (
     "azure_tenant_id",
@@ -137,8 +137,8 @@ class AKSProvider(Block):
             raise ValueError(f"choose one way to reach the cluster, not {' and '.join(ways)}")
 
     def build_provider(self) -> Provider:
-        from .providers.azure import AzureCredentials
-        from .providers.kubernetes import KubernetesDriver
+        from ..providers.kubernetes.azure import AzureCredentials
+        from ..providers.kubernetes.driver import KubernetesDriver
 
         self._check_access()
         azure = None

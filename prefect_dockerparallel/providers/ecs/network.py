@@ -15,9 +15,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .base import ProviderError
-from .ecs_aws import NETWORK_TAG, aws_tags, error_code
-from .ecs_settings import IP_CHECK_URL
+from ..base import ProviderError
+from .aws import NETWORK_TAG, aws_tags, error_code
+from .settings import IP_CHECK_URL
 
 log = logging.getLogger("prefect_dockerparallel.ecs")
 

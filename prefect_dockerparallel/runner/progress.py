@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .specs import WorkerNumbers
+from ..specs import WorkerNumbers
 
 _default_log = logging.getLogger("prefect_dockerparallel.progress")
 

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Iterator
 
 import cloudpickle
 
-from .protocol import KIND_TASK, PayloadTooLarge, Signer, TaskQueue
-from .protocol import keys as K
-from .protocol.blobs import BlobStore, dumps_with_refs
+from ..protocol import KIND_TASK, PayloadTooLarge, Signer, TaskQueue
+from ..protocol import keys as K
+from ..protocol.blobs import BlobStore, dumps_with_refs
 
 LARGE_VALUE_BYTES = 256 * 1024
 MAP_BATCH = 64

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import kubernetes_objects as O
-from ..specs import ClusterRecord
+from . import objects as O
+from ...specs import ClusterRecord
 
 STARTING_GRACE = 300.0  # a cluster younger than this without a server pod is starting, not dead
 

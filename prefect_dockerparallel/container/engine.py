@@ -1,0 +1,159 @@
+"""Prefect's side of a worker slot: version check, long-lived run contexts, portable outcomes.
+
+Kept apart from the slot loop so that what a slot does with Redis reads without Prefect, and what
+it does with Prefect's engine reads without Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cloudpickle
+
+from ..protocol.queue import versions
+
+log = logging.getLogger("prefect_dockerparallel.worker")
+
+
+class ResultNotSerializable(RuntimeError):
+    """A task's return value or exception could not be pickled on the worker."""
+
+
+def prefect_version() -> str:
+    import prefect
+
+    return prefect.__version__
+
+
+def check_versions(driver_meta: dict[str, str]) -> str | None:
+    """Return a mismatch description, or None when this worker may unpickle the driver's data."""
+    mine = {**versions(), "prefect": prefect_version()}
+    problems = [
+        f"{name}: driver {driver_meta[name]}, worker {mine[name]}"
+        for name in ("python", "cloudpickle", "prefect")
+        if name in driver_meta and driver_meta[name] != mine[name]
+    ]
+    return "; ".join(problems) or None
+
+
+class PrefectRuntime:
+    """Keeps the flow run's hydrated settings, API client and flow-run context alive across tasks.
+
+    Prefect's `hydrated_context` validates Settings and the FlowRunContext model on every call
+    (about 10 ms per task); both are identical for every task of a flow run, so they are entered
+    once per (settings, flow-run context) pair and only per-task context goes to the engine.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[str, str] | None = None
+        self._stack: Any = None
+
+    def enter(self, call: dict[str, Any]) -> None:
+        key = (call["settings_id"], call["flow_context_id"])
+        if key == self._key:
+            return
+        from contextlib import ExitStack
+        from uuid import UUID
+
+        from prefect.context import (
+            FlowRunContext,
+            SettingsContext,
+            SyncClientContext,
+            _deployment_id,
+            _deployment_parameters,
+        )
+
+        from prefect.logging.configuration import ensure_logging_setup
+
+        # The context models were rebuilt once, in `warm_up`, which runs before any claim.
+        self.close()
+        stack = ExitStack()
+        if call["settings"]:
+            stack.enter_context(SettingsContext(**call["settings"]))
+        # As Prefect's hydrated_context does for remote tasks: without this the worker never
+        # attaches the API log handler, and task logs and prints would not reach the UI.
+        ensure_logging_setup()
+        client = stack.enter_context(SyncClientContext.get_or_create()).client
+        flow_ctx = call["flow_context"]
+        if flow_ctx:
+            runner = stack.enter_context(flow_ctx["flow"].task_runner.duplicate())
+            stack.enter_context(FlowRunContext(**flow_ctx, client=client, task_runner=runner, detached=True))
+        if call["deployment_id"]:
+            stack.callback(_deployment_id.reset, _deployment_id.set(UUID(call["deployment_id"])))
+        if call["deployment_parameters"]:
+            stack.callback(_deployment_parameters.reset, _deployment_parameters.set(call["deployment_parameters"]))
+        self._stack, self._key = stack, key
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack, self._key = None, None
+
+    @staticmethod
+    def warm_up() -> None:
+        """Pay Prefect's one-time costs (imports, collection loading, model rebuilds) before the
+        first task is claimed, while the driver is still starting the rest of the cluster."""
+        from prefect.context import hydrated_context
+        from prefect.plugins import load_prefect_collections
+        from prefect.task_engine import run_task_sync  # noqa: F401
+
+        load_prefect_collections()
+        with hydrated_context(None):
+            pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
+
+    @staticmethod
+    def flush() -> None:
+        """Send buffered events and logs to the API before the process exits."""
+        try:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            EventsWorker.drain_all(timeout=10)
+            APILogWorker.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            log.debug("flush failed", exc_info=True)
+
+    def run_task(self, call: dict[str, Any]) -> Any:
+        """Run one Prefect task through the engine; returns its final State."""
+        import asyncio
+
+        from prefect.task_engine import run_task_async, run_task_sync
+
+        self.enter(call)
+        per_task = call["context"]  # tags, parent task run: small, and different per task
+        kwargs = dict(
+            task=call["task"],
+            task_run_id=call["task_run_id"],
+            parameters=call["parameters"],
+            wait_for=call["wait_for"],
+            return_type="state",
+            dependencies=call["dependencies"],
+            context=per_task if any(per_task.values()) else None,
+        )
+        if call["task"].isasync:
+            return asyncio.run(run_task_async(**kwargs))
+        return run_task_sync(**kwargs)
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """The exception itself if it survives a pickle round trip, else a RuntimeError with its text.
+
+    Some exceptions (pydantic's, for one) pickle but cannot be unpickled; the driver must still
+    learn what happened.
+    """
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n{text}")
+
+
+def failed_state_for(exc: BaseException, what: str) -> Any:
+    from prefect.states import Failed
+
+    err = ResultNotSerializable(f"the task's {what} could not be serialized on the worker: {exc!r}")
+    return Failed(message=str(err), data=err)
