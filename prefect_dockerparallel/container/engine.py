@@ -6,6 +6,7 @@ it does with Prefect's engine reads without Redis.
 
 from __future__ import annotations
 
+import copyreg
 import logging
 from typing import Any
 
@@ -35,6 +36,29 @@ def check_versions(driver_meta: dict[str, str]) -> str | None:
         if name in driver_meta and driver_meta[name] != mine[name]
     ]
     return "; ".join(problems) or None
+
+
+def _reduce_annotation(annotation: Any) -> tuple[Any, tuple[Any]]:
+    return type(annotation), (annotation[0],)
+
+
+def register_annotation_pickling() -> None:
+    """Make Prefect's annotations (`allow_failure`, `quote`, `unmapped`, ...) survive pickle.
+
+    Why: they are tuple subclasses whose `__new__` takes the value, while pickle rebuilds a tuple
+    subclass from its items, so `allow_failure(x)` came back as `allow_failure((x,))` and the task
+    received `(x,)`. A copyreg reducer per class (pickle and cloudpickle both honour copyreg) makes
+    them travel as `cls(value)`, nested annotations and persistent ids inside included. Called by
+    the driver (parameters) and by every worker (results, nested submits).
+    """
+    from prefect.utilities.annotations import BaseAnnotation
+
+    pending = [BaseAnnotation]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls is not BaseAnnotation and cls not in copyreg.dispatch_table:
+            copyreg.pickle(cls, _reduce_annotation)
 
 
 class PrefectRuntime:
@@ -99,6 +123,7 @@ class PrefectRuntime:
         from prefect.task_engine import run_task_sync  # noqa: F401
 
         load_prefect_collections()
+        register_annotation_pickling()
         with hydrated_context(None):
             pass  # rebuilds the context models (Flow/Task forward references), as Prefect does
 

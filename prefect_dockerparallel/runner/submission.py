@@ -15,14 +15,19 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import cloudpickle
+from prefect.utilities.annotations import BaseAnnotation
 
 from ..protocol import KIND_TASK, PayloadTooLarge, Signer, TaskQueue
 from ..protocol import keys as K
 from ..protocol.blobs import BlobStore, dumps_with_refs
+from ..container.engine import register_annotation_pickling
 
 LARGE_VALUE_BYTES = 256 * 1024
 MAP_BATCH = 64
 _SMALL_SCALARS = (int, float, bool, type(None), uuid.UUID)
+
+
+register_annotation_pickling()
 
 
 class UnpicklableParameter(TypeError):
@@ -119,6 +124,8 @@ class PayloadBuilder:
         if shared is None:
             return
         for value in parameters.values():
+            if isinstance(value, BaseAnnotation):  # allow_failure(unmapped(x)) arrives as allow_failure(x)
+                value = value.unwrap()
             if id(value) not in shared:
                 continue  # per-call values are pickled once, inline
             hit = shared[id(value)]
