@@ -23,6 +23,12 @@ pickled by other versions.
        {"python": {"image": "dp-test/python:3.11", "official": "python:3.11-slim",
                    "stand_in": true, "built_in_s": 21.7, ...}, ..., "engine": {...}}
 
+The `worker` role is the project's own Dockerfile (repo root as context) built on the `python`
+role's image; it has no official counterpart ("official": null), and "stand_in" says whether its
+base is a stand-in. Its hash covers Dockerfile, .dockerignore, pyproject.toml, README.md,
+prefect_dockerparallel/** and certs/, so any source change rebuilds it (in seconds: the
+dependency layer only depends on pyproject.toml).
+
 The host's extra CA certificates (the ones `update-ca-certificates` installs from
 /usr/local/share/ca-certificates) are copied into every image and trusted there, with PIP_CERT
 set: pip inside containers goes through a TLS-intercepting proxy on these machines.
@@ -667,6 +673,18 @@ def worker_sources() -> list[Path]:
     return [f for f in files if f.exists()]
 
 
+def worker_source_parts() -> list[bytes | str]:
+    """(path, content) of every worker input, flattened; a file deleted meanwhile is skipped."""
+    parts: list[bytes | str] = []
+    for path in worker_sources():
+        try:
+            data = path.read_bytes()
+        except OSError:  # someone is moving files around right now; the next run sees the result
+            continue
+        parts += [str(path.relative_to(REPO)), data]
+    return parts
+
+
 def stage_certs_for_worker(certs: dict[str, bytes]) -> None:
     """Put the host's extra CA certificates into certs/ (the Dockerfile's optional CA step).
 
@@ -769,9 +787,8 @@ class Planner:
                           "CLOUDPICKLE_VERSION": self.versions["cloudpickle"]}
             if not parent.stand_in and self.certs:
                 stage_certs_for_worker(self.certs)
-            sources = worker_sources()
             content_hash = sha256(RECIPE_VERSION, role, parent.image_id, json.dumps(build_args, sort_keys=True),
-                                  *[x for p in sources for x in (str(p.relative_to(REPO)), p.read_bytes())])
+                                  *worker_source_parts())
         else:
             files = dict(self.certs_files)
             build_args = {"BASE": parent.image}

@@ -2,8 +2,9 @@
 
 Import the fixtures into a test module (tests/ is on sys.path, see conftest.py):
 
-    from containers import docker_engine, docker_tracker, test_images  # noqa: F401
-    from containers import image_of
+    from containers import docker_engine, docker_tracker, image_of, test_images
+
+    FIXTURES = (docker_engine, docker_tracker, test_images)  # imported for pytest to find them
 
     def test_something(docker_tracker, test_images):
         out = docker_tracker.run(image_of(test_images, "python"), ["python", "-c", "print(1)"])

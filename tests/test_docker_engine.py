@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from containers import (  # noqa: F401  (fixtures)
+from containers import (
     OWNER_LABEL,
     ContainerTracker,
     docker_engine,
@@ -26,6 +26,8 @@ from containers import (  # noqa: F401  (fixtures)
     put_files,
     test_images,
 )
+
+FIXTURES = (docker_engine, docker_tracker, test_images)  # imported for pytest to find them
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER_PY = f"{sys.version_info.major}.{sys.version_info.minor}"
