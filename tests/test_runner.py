@@ -55,10 +55,17 @@ def norm(p: Point) -> int:
 
 
 @task
-def sleepy(seconds: float, value: int) -> int:
+def finish_after(value: int, gate: str | None) -> int:
+    """Returns once the file `gate` exists (None: at once). The flow writes the gates as it sees
+    results, so the test fixes the order in which tasks complete; sleep durations do not (a loaded
+    machine reordered 1.5 s / 0.1 s / 0.8 s sleeps)."""
     import time
 
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60
+    while gate and not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.02)
     return value
 
 
@@ -138,11 +145,15 @@ def test_timeout_and_retries():
     assert attempts == 2  # third run succeeded after two failures
 
 
-def test_as_completed_order_and_wait_for_and_allow_failure():
-    @flow(task_runner=runner())
+def test_as_completed_order_and_wait_for_and_allow_failure(tmp_path):
+    @flow(task_runner=runner(workers=3))
     def f():
-        futures = [sleepy.submit(d, i) for i, d in enumerate([1.5, 0.1, 0.8])]
-        order = [fut.result() for fut in as_completed(futures)]
+        gates = [str(tmp_path / "seen-2"), None, str(tmp_path / "seen-1")]  # completes 1, 2, 0
+        futures = [finish_after.submit(i, gate) for i, gate in enumerate(gates)]
+        order = []
+        for fut in as_completed(futures):
+            order.append(fut.result())
+            (tmp_path / f"seen-{order[-1]}").touch()
         first = explode.submit("upstream failed")
         after = add.submit(1, 1, wait_for=[allow_failure(first)])
         blocked = add.submit(2, 2, wait_for=[first])
