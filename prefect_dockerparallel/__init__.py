@@ -2,7 +2,7 @@
 
 Public names load lazily, so the container entrypoints (`python -m
 prefect_dockerparallel.container.server` / `.container.worker`) start without importing Prefect,
-and importing the collection never imports boto3 or kubernetes. When Prefect itself loads the collection (it is already imported then), the blocks
+and importing the collection never imports boto3, kubernetes or the Docker SDK. When Prefect itself loads the collection (it is already imported then), the blocks
 are imported at once so that Prefect's block registry knows them.
 """
 
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AKSProvider": "blocks",
     "ClusterConfig": "blocks",
+    "DockerProvider": "blocks",
     "ECSFargateProvider": "blocks",
     "LocalProvider": "blocks",
     "WorkerContainer": "blocks",

@@ -13,6 +13,7 @@ from .providers.base import Provider
 
 DRIVER_MODULES = {
     "local": "prefect_dockerparallel.providers.local",
+    "docker": "prefect_dockerparallel.providers.docker.driver",
     "ecs": "prefect_dockerparallel.providers.ecs.driver",
     "aks": "prefect_dockerparallel.providers.kubernetes.driver",
 }
@@ -25,7 +26,8 @@ def driver_for(kind: str, block: str | None = None) -> Provider:
     if block:
         from . import blocks
 
-        cls = {"local": blocks.LocalProvider, "ecs": blocks.ECSFargateProvider, "aks": blocks.AKSProvider}[kind]
+        cls = {"local": blocks.LocalProvider, "docker": blocks.DockerProvider, "ecs": blocks.ECSFargateProvider,
+               "aks": blocks.AKSProvider}[kind]
         return cls.load(block).build_provider()
     return importlib.import_module(DRIVER_MODULES[kind]).from_env()
 

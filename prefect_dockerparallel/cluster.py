@@ -39,8 +39,8 @@ def as_driver(provider: Any) -> Provider:
     if hasattr(provider, "build_provider"):
         return provider.build_provider()
     raise ValueError(
-        f"provider={provider!r} is not a provider: pass LocalProvider(), ECSFargateProvider(...), "
-        "AKSProvider(...) or a prefect_dockerparallel.providers.base.Provider"
+        f"provider={provider!r} is not a provider: pass LocalProvider(), DockerProvider(...), "
+        "ECSFargateProvider(...), AKSProvider(...) or a prefect_dockerparallel.providers.base.Provider"
     )
 
 
@@ -293,11 +293,21 @@ class DockerCluster:
             queue.publish_meta({**versions(), **self.extra_meta})
         for r in queue.requeue_expired(self.spec.max_attempts):
             _, task_id, reply_to = K.split_ident(r.ident)
+            why = self._why_lost(r.worker_id)
             if not r.exhausted:
-                log.warning("worker %s was lost; task %s re-queued", r.worker_id, task_id)
+                log.warning("worker %s was lost%s; task %s re-queued", r.worker_id, why, task_id)
                 continue
-            msg = f"task {task_id} was lost with worker {r.worker_id} after {self.spec.max_attempts} attempts"
+            msg = f"task {task_id} was lost with worker {r.worker_id}{why} after {self.spec.max_attempts} attempts"
             log.error(msg)
             queue.push_result(reply_to, signer.dumps(KIND_RESULT, r.ident, ("lost", msg)))
         for err in queue.errors():
             log.error("%s", err)
+
+    def _why_lost(self, worker_id: str) -> str:
+        """The provider's account of a lost worker's container (out of memory, killed), if any."""
+        try:
+            reason = self.driver.lost_worker_reason(self.spec, worker_id)
+        except Exception as exc:  # noqa: BLE001 - an explanation must never stop the reaper
+            log.debug("could not explain the loss of worker %s: %s", worker_id, exc)
+            return ""
+        return f" ({reason})" if reason else ""

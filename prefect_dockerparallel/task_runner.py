@@ -37,7 +37,7 @@ _CONFIG_FIELDS = (
     "max_payload_bytes",
     "tags",
 )
-PROVIDER_KINDS = ("local", "ecs", "aks")
+PROVIDER_KINDS = ("local", "docker", "ecs", "aks")
 
 
 class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
@@ -190,7 +190,7 @@ def validate_overrides(overrides: dict[str, Any]) -> None:
         return
     if isinstance(provider, str):
         raise ValueError(
-            f"provider={provider!r} is not a provider object: use LocalProvider(), "
+            f"provider={provider!r} is not a provider object: use LocalProvider(), DockerProvider(...), "
             "ECSFargateProvider(...) or AKSProvider(...)"
         )
     kind = getattr(provider, "kind", None)

@@ -29,7 +29,7 @@ class TestEveryBlockPassesPrefectsStandardSuite(BlockStandardTestSuite):
 def test_slugs_are_prefixed_and_unique() -> None:
     slugs = [b.get_block_type_slug() for b in BLOCK_TYPES]
     assert all(s.startswith("dockerparallel-") for s in slugs), slugs
-    assert len(set(slugs)) == 5
+    assert len(set(slugs)) == len(slugs) == 6
 
 
 def test_every_provider_has_a_distinct_kind_literal() -> None:
@@ -83,19 +83,21 @@ def test_nested_secrets_and_block_references_are_declared_in_the_schema() -> Non
         "dockerparallel-local-provider",
         "dockerparallel-ecs-fargate-provider",
         "dockerparallel-aks-provider",
+        "dockerparallel-docker-provider",
     }
     assert refs["container"]["block_type_slug"] == "dockerparallel-worker-container"
 
 
 def test_provider_schema_is_an_any_of_block_references_for_the_ui() -> None:
     prop = ClusterConfig.model_json_schema()["properties"]["provider"]
-    assert "oneOf" not in prop and len(prop["anyOf"]) == 3
+    assert "oneOf" not in prop and len(prop["anyOf"]) == 4
     definitions = ClusterConfig.model_json_schema()["definitions"]
     slugs = {definitions[r["$ref"].rsplit("/", 1)[1]]["block_type_slug"] for r in prop["anyOf"]}
     assert slugs == {
         "dockerparallel-local-provider",
         "dockerparallel-ecs-fargate-provider",
         "dockerparallel-aks-provider",
+        "dockerparallel-docker-provider",
     }
 
 

@@ -17,6 +17,7 @@ from prefect_dockerparallel.blocks import (
     BLOCK_TYPES,
     AKSProvider,
     ClusterConfig,
+    DockerProvider,
     ECSFargateProvider,
     LocalProvider,
     WorkerContainer,
@@ -58,11 +59,11 @@ def test_block_types_appear_in_the_catalog(registered: PrefectServer) -> None:
     cc_id = catalog["dockerparallel-cluster-config"]["id"]
     schemas = httpx.post(f"{api}/block_schemas/filter", json={"block_schemas": {"block_type_id": {"any_": [cc_id]}}})
     fields = schemas.raise_for_status().json()[0]["fields"]
-    assert "oneOf" not in fields["properties"]["provider"] and len(fields["properties"]["provider"]["anyOf"]) == 3
+    assert "oneOf" not in fields["properties"]["provider"] and len(fields["properties"]["provider"]["anyOf"]) == 4
     assert any(s.startswith("provider.") for s in fields["secret_fields"]), fields["secret_fields"]
 
 
-def test_prefect_block_register_cli_registers_all_five(prefect_api: PrefectServer) -> None:  # noqa: F811
+def test_prefect_block_register_cli_registers_all_six(prefect_api: PrefectServer) -> None:  # noqa: F811
     out = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "prefect_dockerparallel"],
         env=prefect_api.env(),
@@ -71,7 +72,7 @@ def test_prefect_block_register_cli_registers_all_five(prefect_api: PrefectServe
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Successfully registered 5 blocks" in out.stdout, out.stdout
+    assert "Successfully registered 6 blocks" in out.stdout, out.stdout
     assert SLUGS <= set(_catalog(prefect_api))
 
 
@@ -82,9 +83,11 @@ def test_prefect_block_register_cli_registers_all_five(prefect_api: PrefectServe
         LocalProvider(redis_server_path="/usr/bin/redis-server"),
         ECSFargateProvider(),
         AKSProvider(),
+        DockerProvider(docker_host="ssh://batch@big-box", publish_address="10.0.0.5", pull="never"),
         ClusterConfig(workers=5, tags={"team": "risk"}, container=WorkerContainer(system_packages=["git"])),
         ClusterConfig(provider=ECSFargateProvider(), worker_cpu=2048, worker_memory=4096),
         ClusterConfig(provider=AKSProvider(), idle_timeout=120),
+        ClusterConfig(provider=DockerProvider(docker_host="tcp://10.0.0.5:2376", tls_cert_path="/etc/dp/tls"), workers=3),
     ],
     ids=lambda b: type(b).__name__ + "-" + getattr(getattr(b, "provider", b), "kind", "container"),
 )

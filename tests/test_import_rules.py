@@ -40,6 +40,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "prefect_dockerparallel.providers.local": CLOUD_SDKS,
     "prefect_dockerparallel.providers.readiness": CLOUD_SDKS,
     "prefect_dockerparallel.providers.ecs": ("kubernetes", "docker"),
+    "prefect_dockerparallel.providers.docker": ("boto3", "botocore", "kubernetes"),
+    "prefect_dockerparallel.providers.docker.objects": CLOUD_SDKS,
     "prefect_dockerparallel.providers.kubernetes": ("boto3", "botocore", "docker"),
     "prefect_dockerparallel.container": (*CLOUD_SDKS, OURS + "blocks", OURS + "runner", OURS + "providers"),
     "prefect_dockerparallel.container.worker": ("prefect",),

@@ -1,7 +1,7 @@
 """Prefect Blocks: the three components of the seed, editable in the Prefect UI.
 
-`WorkerContainer` (what runs), a provider block (`LocalProvider`, `ECSFargateProvider`,
-`AKSProvider`: where it runs) and `ClusterConfig` (how many, how big), one module per family.
+`WorkerContainer` (what runs), a provider block (`LocalProvider`, `DockerProvider`,
+`ECSFargateProvider`, `AKSProvider`: where it runs) and `ClusterConfig` (how many, how big), one module per family.
 Blocks validate and turn themselves into frozen specs (`to_spec()`) and provider drivers
 (`build_provider()`); nothing below this package sees a Block.
 
@@ -16,12 +16,14 @@ from prefect.blocks.core import Block
 from .aks import AKSProvider
 from .cluster_config import PROVIDER_BLOCKS, ClusterConfig
 from .container import WorkerContainer
+from .docker import DockerProvider
 from .ecs import ECSFargateProvider
 from .local import LocalProvider
 
 BLOCK_TYPES: tuple[type[Block], ...] = (
     WorkerContainer,
     LocalProvider,
+    DockerProvider,
     ECSFargateProvider,
     AKSProvider,
     ClusterConfig,
@@ -32,6 +34,7 @@ __all__ = [
     "AKSProvider",
     "BLOCK_TYPES",
     "ClusterConfig",
+    "DockerProvider",
     "ECSFargateProvider",
     "LocalProvider",
     "PROVIDER_BLOCKS",

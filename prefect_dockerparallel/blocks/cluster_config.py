@@ -16,6 +16,7 @@ from ..specs import ClusterSpec
 from ._common import UI_DOCS_URL
 from .aks import AKSProvider
 from .container import WorkerContainer
+from .docker import DockerProvider
 from .ecs import ECSFargateProvider
 from .local import LocalProvider
 
@@ -24,7 +25,7 @@ _RESERVED_TAG_PREFIX = "dockerparallel-"
 _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _TAG_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 
-PROVIDER_BLOCKS: tuple[type[Block], ...] = (LocalProvider, ECSFargateProvider, AKSProvider)
+PROVIDER_BLOCKS: tuple[type[Block], ...] = (LocalProvider, ECSFargateProvider, AKSProvider, DockerProvider)
 _KIND_BY_SLUG = {cls.get_block_type_slug(): cls.model_fields["kind"].default for cls in PROVIDER_BLOCKS}
 
 
@@ -37,7 +38,7 @@ def _any_of(schema: dict[str, Any]) -> None:
 
 # A plain Union (not Annotated/Tag): Prefect walks it to find nested secret fields (which the
 # API then masks) and block schema references (which the UI needs to pick a saved provider).
-ProviderBlock = Union[LocalProvider, ECSFargateProvider, AKSProvider]
+ProviderBlock = Union[LocalProvider, ECSFargateProvider, AKSProvider, DockerProvider]
 
 
 class ClusterConfig(Block):
@@ -69,7 +70,7 @@ class ClusterConfig(Block):
 
     provider: ProviderBlock = Field(
         default_factory=LocalProvider,
-        description="Where the cluster runs: a Local, ECS Fargate or AKS provider block.",
+        description="Where the cluster runs: a Local, Docker, ECS Fargate or AKS provider block.",
         discriminator="kind",
         json_schema_extra=_any_of,
     )
@@ -111,7 +112,7 @@ class ClusterConfig(Block):
                 kind = owners[0].model_fields["kind"].default if len(owners) == 1 else None
             if kind is None:
                 raise ValueError(
-                    "provider: expected a provider block with kind 'local', 'ecs' or 'aks' "
+                    "provider: expected a provider block with kind 'local', 'ecs', 'aks' or 'docker' "
                     f"(got the keys {sorted(value)})"
                 )
             value = {**value, "kind": kind}

@@ -21,6 +21,7 @@ import redis
 
 from ..protocol import keys as K
 from ..protocol.queue import connect
+from . import secrets_file
 
 log = logging.getLogger("prefect_dockerparallel.server")
 
@@ -123,6 +124,7 @@ def watch(client: redis.Redis, proc: subprocess.Popen[bytes], cluster: str, idle
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s server %(message)s")
+    secrets_file.load()  # the Docker provider delivers the password as a file, never in `docker inspect`
     env = os.environ
     cluster = env[K.ENV_CLUSTER]
     port = int(env.get(K.ENV_REDIS_PORT, "6379"))

@@ -1,6 +1,7 @@
 """Worker container entrypoint: `python -m prefect_dockerparallel.container.worker`.
 
-It reads its connection and secrets from the environment (`providers.base.worker_env`). With
+It reads its connection and secrets from the environment (`providers.base.worker_env`; a secrets
+file first, where the provider delivers them that way). With
 DOCKERPARALLEL_SLOTS=n>1 it supervises n slot processes (one task each at a time, like the seed's
 R workers); each slot (`slot.py`) checks versions against the driver's record, keeps its lease
 alive from a heartbeat thread, runs Prefect tasks through the task engine with one long-lived
@@ -21,6 +22,7 @@ from typing import Any
 from ..protocol import TaskQueue, connect_from_env
 from ..protocol import keys as K
 from ..specs import WORKER_MODULE
+from . import secrets_file
 from .slot import EXIT_VERSION_MISMATCH, run_slot
 
 log = logging.getLogger("prefect_dockerparallel.worker")
@@ -64,6 +66,7 @@ def supervise(slots: int) -> int:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
+    secrets_file.load()  # the Docker provider delivers the secrets as a file, never in `docker inspect`
     slots = int(os.environ.get(K.ENV_SLOTS, "1"))
     if slots > 1:
         return supervise(slots)

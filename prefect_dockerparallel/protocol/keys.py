@@ -28,6 +28,9 @@ ENV_SLOTS = "DOCKERPARALLEL_SLOTS"
 ENV_IDLE_TIMEOUT = "DOCKERPARALLEL_IDLE_TIMEOUT"
 ENV_WORKER_ID = "DOCKERPARALLEL_WORKER_ID"
 ENV_SSH_PUBLIC_KEY = "DOCKERPARALLEL_SSH_PUBLIC_KEY"
+# A 0600 JSON file of secret variables (container.secrets_file), for engines whose API would show
+# the environment (`docker inspect`): the entrypoints load it into their own environment first.
+ENV_SECRETS_FILE = "DOCKERPARALLEL_SECRETS_FILE"
 SECRET_ENV_NAMES = frozenset({ENV_REDIS_PASSWORD, ENV_SIGNING_KEY})
 
 
