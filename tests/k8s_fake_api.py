@@ -150,7 +150,7 @@ class Store:
         self.version = 0
         self.changed = threading.Condition(self.lock)
         self.requests: collections.Counter[str] = collections.Counter()
-        self.logs: dict[tuple[str, str], str] = {}  # (ns, pod) -> log file path
+        self.logs: dict[tuple[str, str], Any] = {}  # (ns, pod) -> log file path, or output callable
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.version += 1
@@ -344,8 +344,11 @@ class Handler(BaseHTTPRequestHandler):
                 return serve_portforward(self, ports[0], self.server.forwards)
             if sub == "log" and method == "GET":
                 store.get(plural, ns, name)
-                path = store.logs.get((ns, name))
-                text = open(path, encoding="utf-8", errors="replace").read() if path else ""
+                source = store.logs.get((ns, name))  # a log file, or a callable (a container's output)
+                if callable(source):
+                    text = source()
+                else:
+                    text = open(source, encoding="utf-8", errors="replace").read() if source else ""
                 lines = text.splitlines(keepends=True)
                 if q.get("tailLines"):
                     lines = lines[-int(q["tailLines"]):]

@@ -1,11 +1,22 @@
 """Controllers and kubelet of the fake Kubernetes: Job controller, LoadBalancer, pod runner.
 
-Network model (documented in docs/kubernetes.md): every pod shares the host's network namespace
-(as with hostNetwork: true), so a pod's containerPort is a port on 127.0.0.1 and a Service's
-port is its target pod's port; tests pick a free `redis_port` so concurrent runs do not clash.
-There is no DNS: the kubelet resolves env values that are a Service's DNS name
-(`svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) or ClusterIP to 127.0.0.1 when it starts a
-container, and a LoadBalancer Service gets status.loadBalancer.ingress [{"ip": "127.0.0.1"}].
+Two pod runners (network models documented in docs/kubernetes.md):
+
+- processes (default, unit tests): every pod shares the host's network namespace (as with
+  hostNetwork: true), so a pod's containerPort is a port on 127.0.0.1 and a Service's port is its
+  target pod's port; tests pick a free `redis_port` so concurrent runs do not clash. There is no
+  DNS: the kubelet resolves env values that are a Service's DNS name (`svc.ns`, `svc.ns.svc`,
+  `svc.ns.svc.cluster.local`) or ClusterIP to 127.0.0.1 when it starts a container, and drops
+  the start script's install steps (`rewrite`).
+- containers (`runtime=DockerRuntime`, end-to-end): every pod is a real container of its image
+  with its command and args as written, its env (secretKeyRef resolved from the Secret), its
+  resource limits, its name as hostname, on one Docker network per fake cluster; a Service's
+  DNS names are network aliases of the pods it selects (so Service port must equal targetPort),
+  and each containerPort is also published on 127.0.0.1 (what the LoadBalancer and port-forward
+  reach). Deleting a pod is `docker stop` with its grace period; the exit code and OOMKilled
+  come back in the pod's containerStatuses.
+
+A LoadBalancer Service gets status.loadBalancer.ingress [{"ip": "127.0.0.1"}] in both.
 """
 
 from __future__ import annotations
@@ -39,10 +50,20 @@ def rewrite_startup(command: list[str]) -> list[str]:
 
 @dataclass
 class Proc:
-    popen: subprocess.Popen[bytes]
+    """A running pod: a local process, or a container (`workload`, a docker_runtime.Workload)."""
+
+    popen: subprocess.Popen[bytes] | None
     log_path: str
     probe_port: int | None
     kill_at: float | None = None
+    workload: Any = None
+
+    def poll(self) -> int | None:
+        return self.popen.poll() if self.popen is not None else self.workload.exit_code
+
+    @property
+    def ip(self) -> str:
+        return self.workload.ip if self.workload is not None else "127.0.0.1"
 
 
 @dataclass
@@ -51,6 +72,7 @@ class Kubelet:
 
     store: Store
     rewrite: Callable[[list[str]], list[str]] = rewrite_startup
+    runtime: Any = None  # a docker_runtime.DockerRuntime: pods run as real containers
     lb_delay: float = 0.3
     grace: float = 2.0
     procs: dict[tuple[str, str], Proc] = field(default_factory=dict)
@@ -59,10 +81,13 @@ class Kubelet:
     _thread: threading.Thread | None = None
     _lb_seen: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    finished: dict[tuple[str, str], Proc] = field(default_factory=dict)  # deleted pods, for their output
     node_name: str = "fake-node"
     _failures: dict[str, set[str]] = field(default_factory=dict)  # job uid -> failed pod names
     _succeeded: dict[str, set[str]] = field(default_factory=dict)  # job uid -> succeeded pod names
     _scaled_down: set[str] = field(default_factory=set)  # pods the controller itself deleted
+    _network: Any = None  # container mode: the cluster's Docker network
+    _unstartable: set[tuple[str, str]] = field(default_factory=set)  # pods whose image is missing
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
@@ -75,7 +100,10 @@ class Kubelet:
         if self._thread:
             self._thread.join(timeout=10)
         for proc in list(self.procs.values()):
-            _kill(proc.popen, signal.SIGKILL)
+            if proc.workload is not None:
+                proc.workload.remove()
+            else:
+                _kill(proc.popen, signal.SIGKILL)
         self.procs.clear()
 
     def _loop(self) -> None:
@@ -174,20 +202,28 @@ class Kubelet:
             if proc is None:
                 self.store.remove("pods", *key)
                 return
-            if proc.kill_at is None:
+            if proc.workload is not None:  # `docker stop -t grace`, as the kubelet does
+                if proc.kill_at is None:
+                    grace = float(meta.get("deletionGracePeriodSeconds", 30))
+                    proc.kill_at = time.monotonic() + grace
+                    proc.workload.stop(grace) if grace > 0 else proc.workload.kill()
+            elif proc.kill_at is None:
                 grace = min(self.grace, float(meta.get("deletionGracePeriodSeconds", 30)))
                 proc.kill_at = time.monotonic() + grace
                 _kill(proc.popen, signal.SIGTERM if grace > 0 else signal.SIGKILL)
             elif time.monotonic() > proc.kill_at:
                 _kill(proc.popen, signal.SIGKILL)
-            if proc.popen.poll() is not None:
+            if proc.poll() is not None:
                 self.procs.pop(key, None)
+                self.finished[key] = proc
+                if proc.workload is not None:
+                    proc.workload.remove()
                 self.store.remove("pods", *key)
             return
         if pod["spec"].get("nodeName", self.node_name) != self.node_name:
             return  # bound to another node: not this kubelet's pod
         phase = pod["status"].get("phase")
-        if phase == "Pending" and proc is None:
+        if phase == "Pending" and proc is None and key not in self._unstartable:
             self._start(pod)
         elif proc is not None and phase == "Running":
             self._update_running(pod, proc)
@@ -200,6 +236,11 @@ class Kubelet:
         except ApiFailure as exc:
             waiting = {"reason": "CreateContainerConfigError", "message": exc.message}
             self._set_status(ns, name, {"containerStatuses": [_cstatus(container, {"waiting": waiting})]})
+            return
+        if self.runtime is not None:
+            from k8s_fake_containers import start_pod_container
+
+            start_pod_container(self, pod, env)
             return
         command = self.rewrite(list(container.get("command") or []) + list(container.get("args") or []))
         log_path = os.path.join(self.log_dir, f"{ns}.{name}.log")
@@ -219,9 +260,11 @@ class Kubelet:
         meta = pod["metadata"]
         ns, name = meta["namespace"], meta["name"]
         container = pod["spec"]["containers"][0]
-        code = proc.popen.poll()
+        code = proc.poll()
         if code is not None:
-            term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now(),
+            oom = proc.workload is not None and proc.workload.oom_killed
+            reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+            term = {"exitCode": code, "reason": reason, "finishedAt": now(),
                     "startedAt": pod["status"].get("startTime")}
             self._set_status(ns, name, {
                 "phase": "Succeeded" if code == 0 else "Failed",
@@ -229,7 +272,7 @@ class Kubelet:
                 "containerStatuses": [_cstatus(container, {"terminated": term})],
             })
             return
-        ready = proc.probe_port is None or _tcp_open(proc.probe_port)
+        ready = proc.probe_port is None or _tcp_open(proc.ip, proc.probe_port)
         was = pod["status"]["containerStatuses"][0].get("ready")
         if ready != was:
             statuses = [{**pod["status"]["containerStatuses"][0], "ready": ready}]
@@ -240,12 +283,16 @@ class Kubelet:
         self.store.update("pods", ns, name, lambda o: {**o, "status": {**o["status"], **status}})
 
     def _env(self, ns: str, hostname: str, entries: list[dict[str, Any]]) -> dict[str, str]:
-        """PATH/HOME of this machine plus the pod's env; secretKeyRef resolved, DNS emulated."""
-        env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PREFECT_HOME") if k in os.environ}
-        env["PATH"] = os.path.dirname(VENV_PYTHON) + os.pathsep + env.get("PATH", "")
-        env["HOSTNAME"] = hostname  # as in a real pod: the pod's name
+        """The pod's env with secretKeyRef resolved; for processes, also PATH/HOME of this machine
+        and Service DNS names / ClusterIPs rewritten to 127.0.0.1 (no DNS there)."""
         hosts: dict[str, str] = {}
-        for svc in self.store.list("services", ns):
+        if self.runtime is not None:
+            env: dict[str, str] = {}
+        else:
+            env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PREFECT_HOME") if k in os.environ}
+            env["PATH"] = os.path.dirname(VENV_PYTHON) + os.pathsep + env.get("PATH", "")
+            env["HOSTNAME"] = hostname  # as in a real pod: the pod's name
+        for svc in self.store.list("services", ns) if self.runtime is None else ():
             n = svc["metadata"]["name"]
             for alias in (f"{n}.{ns}", f"{n}.{ns}.svc", f"{n}.{ns}.svc.cluster.local", svc["spec"].get("clusterIP")):
                 hosts[alias] = "127.0.0.1"
@@ -274,9 +321,9 @@ def _cstatus(container: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]
             "ready": False, "started": "running" in state, "restartCount": 0, "state": state}
 
 
-def _tcp_open(port: int) -> bool:
+def _tcp_open(host: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:
         return False
@@ -336,5 +383,7 @@ class FakeKubernetes:
             out += [f"{o['kind']}/{o['metadata']['name']}" for o in self.store.list(plural, None, selector)]
         return out
 
-    def pids(self) -> list[int]:
-        return [p.popen.pid for p in self.kubelet.procs.values() if p.popen.poll() is None]
+    def pids(self) -> list[int | str]:
+        """Live pod processes (pids) or containers (ids)."""
+        return [p.popen.pid if p.popen is not None else p.workload.id
+                for p in self.kubelet.procs.values() if p.poll() is None]

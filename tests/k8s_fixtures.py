@@ -1,8 +1,10 @@
 """Fixtures of the Kubernetes tests (imported by tests/test_k8s_*.py; conftest is not ours).
 
 `fake_k8s` is a started FakeKubernetes (API server + kubelet) that is torn down with every pod
-process killed even when the test fails; `driver` is a KubernetesDriver pointed at it through a
-kubeconfig with a bearer token, a LoadBalancer limited to 127.0.0.1/32 and a free Redis port.
+process killed even when the test fails; `fake_k8s_containers` is the same with pods as real
+containers (the test module imports the fixtures of containers.py, docker_runtime.py and
+prefect_relay.py); `driver` is a KubernetesDriver pointed at it through a kubeconfig with a bearer token,
+a LoadBalancer limited to 127.0.0.1/32 and a free Redis port.
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ def fake_k8s() -> Iterator[FakeKubernetes]:
     with FakeKubernetes() as fake:
         yield fake
     assert not fake.pids(), "pod processes outlived the fake cluster"
+    assert not fake.kubelet.errors, fake.kubelet.errors
+
+
+@pytest.fixture
+def fake_k8s_containers(container_runtime: Any, prefect_for_containers: str) -> Iterator[FakeKubernetes]:
+    """Pods run as real containers; the test's flows use a Prefect API URL containers reach."""
+    with FakeKubernetes(runtime=container_runtime) as fake:
+        yield fake
+    assert not fake.pids(), "pod containers outlived the fake cluster"
     assert not fake.kubelet.errors, fake.kubelet.errors
 
 

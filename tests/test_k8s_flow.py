@@ -1,100 +1,138 @@
-"""End to end: a real Prefect flow whose mapped tasks run in pods of the fake Kubernetes.
+"""End to end: a real Prefect flow whose mapped tasks run in pods of the fake Kubernetes, each
+pod a real container.
 
-`DockerParallelTaskRunner(provider=AKSProvider(...))` starts the real server entrypoint
-(redis-server under the watchdog) and real worker entrypoints as pod processes; the flow runner
-reaches Redis through the LoadBalancer Service, workers through the Service DNS name, with the
-password and signing key from the cluster's Secret.
+`DockerParallelTaskRunner(provider=AKSProvider(...))` creates the Secret, the Service, the server
+pod and the worker Job; the fake kubelet (tests/k8s_fake_kubelet.py, container mode) runs each pod
+as a container of its image with its start script, env (secretKeyRef resolved from the Secret)
+and limits. Workers reach Redis by the Service's DNS name (a network alias of the server
+container on the cluster's Docker network); the flow runner through a port-forward or the
+LoadBalancer (a published loopback port). Verified against the fake API and a Docker engine,
+not a real cluster.
+
+The tasks of this module are pickled by value (cloudpickle.register_pickle_by_value): the
+worker image does not have this test module.
 """
 
 from __future__ import annotations
 
-import os
+import re
+import socket
+import sys
 import threading
 import time
-from pathlib import Path
 
+import cloudpickle
 import pytest
 import yaml
+from containers import docker_engine, docker_tracker, image_of, test_images  # noqa: F401
+from docker_runtime import container_runtime  # noqa: F401
+from prefect_relay import prefect_for_containers, prefect_relay  # noqa: F401
+from helpers import wait_until
+from k8s_fixtures import fake_k8s_containers, free_port  # noqa: F401
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from prefect import flow, task
 
-from helpers import wait_until
-from k8s_fixtures import TEST_CONTAINER, fake_k8s, free_port  # noqa: F401
-
 from prefect_dockerparallel import DockerParallelTaskRunner
 from prefect_dockerparallel.blocks.aks import AKSProvider
+from prefect_dockerparallel.specs import ContainerSpec
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 MANAGED = "app.kubernetes.io/managed-by=prefect-dockerparallel"
-
-
-@pytest.fixture(autouse=True)
-def _loopback_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test Prefect server listens on 127.0.0.1, which the fake's pods (local processes) reach.
-    monkeypatch.setenv("DOCKERPARALLEL_ALLOW_LOOPBACK_API", "1")
+MARKER = re.compile(r"dp-marker (\d+) started on (\S+)")
 
 
 def aks(fake, access: str = "auto") -> AKSProvider:
     return AKSProvider(kubeconfig=yaml.safe_dump(fake.kubeconfig()), source_ranges=["127.0.0.1/32"],
-                       redis_port=free_port(), start_timeout=60, access=access)
+                       redis_port=free_port(), start_timeout=90, access=access)
+
+
+@pytest.fixture
+def worker_container(test_images: dict) -> ContainerSpec:  # noqa: F811
+    # The `worker` image has the package baked in; one slot per pod keeps CI fast.
+    return ContainerSpec(image=image_of(test_images, "worker"), workers_per_container=1, install_self=None)
 
 
 @task
 def square(x: int) -> tuple[int, str, str]:
+    import os
+
     time.sleep(0.2)
-    return x * x, os.environ.get("HOSTNAME", ""), os.environ.get("DOCKERPARALLEL_CLUSTER", "")
+    return x * x, socket.gethostname(), os.environ.get("DOCKERPARALLEL_CLUSTER", "")
 
 
-def test_mapped_tasks_run_in_worker_pods_and_teardown_leaves_nothing(fake_k8s) -> None:
-    @flow(task_runner=DockerParallelTaskRunner(provider=aks(fake_k8s), container=TEST_CONTAINER, workers=2))
+def test_mapped_tasks_run_in_worker_pod_containers_and_teardown_leaves_nothing(
+    fake_k8s_containers, worker_container: ContainerSpec  # noqa: F811
+) -> None:
+    fake = fake_k8s_containers
+
+    @flow(task_runner=DockerParallelTaskRunner(provider=aks(fake), container=worker_container, workers=2,
+                                               idle_timeout=20))
     def sweep(n: int) -> list[tuple[int, str, str]]:
         return square.map(range(n)).result()
 
-    results = sweep(12)
-    assert [r[0] for r in results] == [i * i for i in range(12)]
+    results = sweep(8)
+    assert [r[0] for r in results] == [i * i for i in range(8)]
     [cluster] = {r[2] for r in results}
     pods = {r[1] for r in results}
     assert pods and all(p.startswith(f"dp-{cluster}-workers-") for p in pods), pods
-    assert wait_until(lambda: not fake_k8s.labelled(MANAGED), 30), fake_k8s.labelled(MANAGED)
-    assert wait_until(lambda: not fake_k8s.pids(), 30)
+    assert wait_until(lambda: not fake.labelled(MANAGED), 60), fake.labelled(MANAGED)
+    assert wait_until(lambda: not fake.pids(), 30), fake.pids()
+    # Every pod's container ended by itself or on SIGTERM, none at the grace period's SIGKILL.
+    codes = {key: p.poll() for key, p in fake.kubelet.finished.items()}
+    assert len(codes) >= 3 and all(c in (0, 143) for c in codes.values()), codes
+    fake.kubelet.runtime.report("k8s mapped")
 
 
 @task
-def slow(x: int, marker_dir: str) -> int:
-    Path(marker_dir, f"{x}-{os.environ.get('HOSTNAME')}").write_text("started")
+def slow(x: int) -> int:
+    print(f"dp-marker {x} started on {socket.gethostname()}", flush=True)
     time.sleep(2)  # long enough to be killed mid-task: the killer polls every 50 ms
     return x + 100
 
 
-def test_a_worker_pod_killed_mid_task_is_recovered(fake_k8s, tmp_path: Path) -> None:
+def test_a_worker_pod_killed_mid_task_is_recovered(
+    fake_k8s_containers, worker_container: ContainerSpec  # noqa: F811
+) -> None:
     """Force-deleting a busy worker pod (SIGKILL, as on node loss): its task is re-queued when the
     worker's lease expires, the Job replaces the pod, and every result comes back right."""
-    core = k8s_client.CoreV1Api(k8s_config.new_client_from_config_dict(fake_k8s.kubeconfig()))
-    killed: list[str] = []
+    fake = fake_k8s_containers
+    core = k8s_client.CoreV1Api(k8s_config.new_client_from_config_dict(fake.kubeconfig()))
+    killed: list[tuple[str, str]] = []
     stop = threading.Event()
 
+    def busy_pod() -> tuple[str, str] | None:
+        for proc in list(fake.kubelet.procs.values()):
+            found = MARKER.search(proc.workload.logs()) if proc.poll() is None else None
+            if found:
+                return found.group(1), found.group(2)
+        return None
+
     def killer() -> None:  # a thread, so the flow's closure (pickled to workers) stays plain
-        started = wait_until(lambda: stop.is_set() or list(tmp_path.iterdir()), 120)
-        if started is True or not started:
-            return
-        killed.append(started[0].name)
-        core.delete_namespaced_pod(started[0].name.split("-", 1)[1], "default", grace_period_seconds=0)
+        found = wait_until(lambda: stop.is_set() or busy_pod(), 180)
+        if isinstance(found, tuple):
+            killed.append(found)
+            core.delete_namespaced_pod(found[1], "default", grace_period_seconds=0)
 
-    provider = aks(fake_k8s, access="loadbalancer")  # the other flow test uses the port-forward default
+    provider = aks(fake, access="loadbalancer")  # the other flow test uses the port-forward default
 
-    @flow(task_runner=DockerParallelTaskRunner(provider=provider, container=TEST_CONTAINER, workers=2))
-    def resilient(marker_dir: str) -> list[int]:
-        return slow.map(range(4), marker_dir=marker_dir).result()
+    @flow(task_runner=DockerParallelTaskRunner(provider=provider, container=worker_container, workers=2,
+                                               idle_timeout=20))
+    def resilient() -> list[int]:
+        return slow.map(range(4)).result()
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        assert resilient(str(tmp_path)) == [100, 101, 102, 103]
+        assert resilient() == [100, 101, 102, 103]
     finally:
         stop.set()
         thread.join(timeout=10)
     assert killed, "no pod was killed"
-    task_index = killed[0].split("-", 1)[0]
-    runs = [p.name for p in tmp_path.iterdir() if p.name.split("-", 1)[0] == task_index]
-    assert len(runs) == 2, runs  # the killed attempt and the re-queued one, on another pod
-    assert wait_until(lambda: not fake_k8s.labelled(MANAGED), 30), fake_k8s.labelled(MANAGED)
+    task_index, pod = killed[0]
+    runs = [m.group(2) for m in MARKER.finditer(fake.kubelet.runtime.all_logs()) if m.group(1) == task_index]
+    assert len(runs) == 2 and pod in runs, runs  # the killed attempt and the re-queued one
+    assert fake.kubelet.finished[("default", pod)].poll() == 137  # SIGKILL, as asked
+    assert wait_until(lambda: not fake.labelled(MANAGED), 60), fake.labelled(MANAGED)
+    fake.kubelet.runtime.report("k8s pod killed")

@@ -92,6 +92,7 @@ class KubernetesDriver(Provider):
         self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
         self._forwards: dict[str, PortForwarder] = {}  # cluster name -> local port to its Redis
         self._forwards_lock = threading.Lock()
+        self._failures: dict[str, dict[str, str]] = {}  # cluster -> failed worker pod -> reason
 
     def __repr__(self) -> str:
         return f"KubernetesDriver(namespace={self.namespace!r}, access={self.access!r})"
@@ -222,11 +223,26 @@ class KubernetesDriver(Provider):
                 running += 1
             elif phase in ("Pending", "Running"):
                 initializing += 1
+            elif phase == "Failed":
+                self._report_failure(spec, pod)
         return ContainerCounts(running=running, initializing=initializing)
+
+    def _report_failure(self, spec: ClusterSpec, pod: dict[str, Any]) -> None:
+        """Say once why a worker pod failed (OOMKilled, exit code), as ECS reports stoppedReason."""
+        name = pod["metadata"]["name"]
+        failures = self._failures.setdefault(spec.name, {})
+        if name not in failures:
+            failures[name] = f"{name}: {pod_failure(pod) or 'pod Failed'}"
+            log.warning("cluster %s: worker pod %s", spec.name, failures[name])
+
+    def worker_failures(self, spec: ClusterSpec) -> list[str]:
+        """Why worker pods of the cluster failed (seen by `worker_containers`), oldest first."""
+        return list(self._failures.get(spec.name, {}).values())
 
     # -- teardown, leftovers, logs ---------------------------------------------------------
     def stop(self, spec: ClusterSpec) -> None:
         self._close_forward(spec)
+        self._failures.pop(spec.name, None)
         removed = self.cleanup(spec.name)
         log.info("cluster %s: deleted %d Kubernetes objects", spec.name, len(removed))
 

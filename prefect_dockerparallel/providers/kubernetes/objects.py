@@ -145,6 +145,11 @@ def _pod_spec(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 10,
+        # The pod's pause process becomes PID 1: without it the start script (`sh -c "pip
+        # install ... && exec python ..."`) is PID 1, which the kernel shields from SIGTERM, so a
+        # pod deleted while installing lingered until the grace period's SIGKILL. It also reaps
+        # zombies, as ECS's initProcessEnabled does.
+        "shareProcessNamespace": True,
     }
     if options.get("service_account_name"):
         spec["serviceAccountName"] = options["service_account_name"]
