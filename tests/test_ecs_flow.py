@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import boto3
 import cloudpickle
@@ -65,11 +66,13 @@ def driver_for(url: str, agent: FakeFargateAgent, **kw: object):  # noqa: ANN201
 
 
 @task
-def square(x: int) -> tuple[int, str, str]:
+def square(x: int) -> tuple[int, str, str, str]:
     import os
 
+    import tomli_w  # not in the image: installed by the start script's pip step
+
     time.sleep(0.2)
-    return x * x, os.environ.get("DOCKERPARALLEL_CLUSTER", ""), socket.gethostname()
+    return x * x, os.environ.get("DOCKERPARALLEL_CLUSTER", ""), socket.gethostname(), tomli_w.__name__
 
 
 def test_mapped_tasks_run_in_fargate_task_containers_and_teardown_leaves_nothing(
@@ -77,16 +80,18 @@ def test_mapped_tasks_run_in_fargate_task_containers_and_teardown_leaves_nothing
 ) -> None:
     url, agent = ecs
     driver = driver_for(url, agent)
+    # The start script as a user would have it: a pip install step before the worker starts.
+    container = replace(worker_container, pip_packages=("tomli-w",))
 
-    @flow(task_runner=DockerParallelTaskRunner(provider=driver, container=worker_container, workers=2,
-                                               idle_timeout=20))
-    def sweep(n: int) -> list[tuple[int, str, str]]:
+    @flow(task_runner=DockerParallelTaskRunner(provider=driver, container=container, workers=2, idle_timeout=20))
+    def sweep(n: int) -> list[tuple[int, str, str, str]]:
         return square.map(range(n)).result()
 
     results = sweep(8)
     assert [r[0] for r in results] == [i * i for i in range(8)]
     (cluster,) = {r[1] for r in results}
     assert cluster.startswith("dp-")
+    assert {r[3] for r in results} == {"tomli_w"}  # the install step ran in the container
     # 2 slots / 1 per container = 2 worker tasks + 1 server task, each a container.
     started = {a: env for a, env in agent.envs.items() if env.get("DOCKERPARALLEL_CLUSTER") == cluster}
     workers = {a for a, env in started.items() if "DOCKERPARALLEL_SLOTS" in env}

@@ -45,7 +45,7 @@ def test_a_worker_pod_deleted_during_its_install_step_stops_on_sigterm(
     the pod's pause process is PID 1 and SIGTERM ends the script at once (exit 143)."""
     fake = fake_k8s_containers
     driver = make_driver(fake, start_timeout=90)
-    container = ContainerSpec(image=worker_image, workers_per_container=1, install_self=None, pip_packages=("six",))
+    container = ContainerSpec(image=worker_image, workers_per_container=1, install_self=None, pip_packages=("tomli-w",))
     spec, secrets = make_spec(container=container), ClusterSecrets.generate()
     core = k8s_client.CoreV1Api(k8s_config.new_client_from_config_dict(fake.kubeconfig()))
     try:
