@@ -3,7 +3,7 @@
 `fake_k8s` is a started FakeKubernetes (API server + kubelet) that is torn down with every pod
 process killed even when the test fails; `fake_k8s_containers` is the same with pods as real
 containers (the test module imports the fixtures of containers.py, docker_runtime.py and
-prefect_relay.py); `driver` is a KubernetesDriver pointed at it through a kubeconfig with a bearer token,
+docker_support.py); `driver` is a KubernetesDriver pointed at it through a kubeconfig with a bearer token,
 a LoadBalancer limited to 127.0.0.1/32 and a free Redis port.
 """
 
@@ -62,7 +62,7 @@ def fake_k8s() -> Iterator[FakeKubernetes]:
 
 
 @pytest.fixture
-def fake_k8s_containers(container_runtime: Any, prefect_for_containers: str) -> Iterator[FakeKubernetes]:
+def fake_k8s_containers(container_runtime: Any, container_api: Any) -> Iterator[FakeKubernetes]:
     """Pods run as real containers; the test's flows use a Prefect API URL containers reach."""
     with FakeKubernetes(runtime=container_runtime) as fake:
         yield fake

@@ -13,16 +13,14 @@ The functions run on workers are pickled by value (the worker image lacks this m
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import cloudpickle
 import pytest
 from containers import docker_engine, docker_tracker, image_of, test_images  # noqa: F401
 from docker_runtime import DockerRuntime, container_runtime  # noqa: F401
-from prefect_relay import prefect_for_containers, prefect_relay  # noqa: F401
+from docker_support import container_api, dev_worker_image, ship_by_value  # noqa: F401
 from ecs_agent import OOM_REASON, FakeFargateAgent
 from ecs_support import make_driver, moto_server
 from helpers import wait_until
@@ -31,9 +29,10 @@ from prefect_dockerparallel import DockerCluster
 from prefect_dockerparallel.runner.futures import WorkerLost
 from prefect_dockerparallel.specs import ContainerSpec
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ship_by_value(__name__)
 
 ECS_CLUSTER = "docker-parallel-cluster"
+MEMORY_MB = 1024  # the smallest Fargate memory for 0.5 vCPU (0.25 vCPU makes the worker's start 4x slower)
 
 
 @pytest.fixture
@@ -119,21 +118,23 @@ def hog(megabytes: int) -> int:
 
 
 def test_a_worker_task_killed_for_memory_is_reported_with_ecs_reason(
-    moto_agent: tuple[str, FakeFargateAgent], test_images: dict, prefect_for_containers: str,  # noqa: F811
+    moto_agent: tuple[str, FakeFargateAgent], dev_worker_image: str, container_api: object,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A task that outgrows its Fargate task's memory: the container is OOM-killed, and the driver
-    reports ECS's stop reason (exit code 137, OutOfMemoryError)."""
+    """A task that outgrows its Fargate task's memory: the container is OOM-killed; the task fails
+    with a message that says so (ECS's stop reason), and the driver lists the worker failure."""
     url, agent = moto_agent
     driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30)
-    container = ContainerSpec(image=image_of(test_images, "worker"), workers_per_container=1, install_self=None)
-    cluster = DockerCluster(provider=driver, container=container, workers=1, worker_cpu=256, worker_memory=512,
+    container = ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None)
+    cluster = DockerCluster(provider=driver, container=container, workers=1, worker_cpu=512, worker_memory=MEMORY_MB,
                             idle_timeout=20, max_attempts=1, heal=False)
     with caplog.at_level(logging.WARNING, logger="prefect_dockerparallel"), cluster:
-        future = cluster.executor().submit(hog, 1024)
-        failures = wait_until(lambda: driver.worker_containers(cluster.spec) and driver.worker_failures(cluster.spec), 120)
+        future = cluster.executor().submit(hog, 2 * MEMORY_MB)
+        # The task's Crashed message names the worker and says why its container ended.
+        with pytest.raises(WorkerLost, match=r"lost with worker ip-10-\S+ \(worker task \S+ stopped: .*OutOfMemoryError"):
+            future.result(timeout=120)
+        driver.worker_containers(cluster.spec)  # the driver's poll, as the cluster's reconcile does
+        failures = driver.worker_failures(cluster.spec)
         assert failures and OOM_REASON in failures[0] and "exit code 137" in failures[0], failures
-        with pytest.raises(WorkerLost, match="lost with worker"):
-            future.result(timeout=60)
     assert OOM_REASON in caplog.text
     assert wait_until(lambda: not agent.running(), 30), agent.running()

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 import boto3
-import cloudpickle
 import pytest
-from containers import docker_engine, docker_tracker, image_of, test_images  # noqa: F401
+from containers import docker_engine, docker_tracker, test_images  # noqa: F401
 from docker_runtime import DockerRuntime, container_runtime  # noqa: F401
-from prefect_relay import prefect_for_containers, prefect_relay  # noqa: F401
+from docker_support import container_api, dev_worker_image, ship_by_value  # noqa: F401
 from ecs_agent import FakeFargateAgent
 from ecs_support import make_driver, moto_server
 from helpers import wait_until
@@ -36,7 +34,7 @@ from prefect import flow, task
 from prefect_dockerparallel import DockerParallelTaskRunner
 from prefect_dockerparallel.specs import ClusterSpec, ContainerSpec
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ship_by_value(__name__)
 
 ECS_CLUSTER = "docker-parallel-cluster"
 MARKER = re.compile(r"dp-marker (\d+) started on (\S+)")
@@ -44,7 +42,7 @@ MARKER = re.compile(r"dp-marker (\d+) started on (\S+)")
 
 @pytest.fixture
 def ecs(
-    container_runtime: DockerRuntime, prefect_for_containers: str  # noqa: F811
+    container_runtime: DockerRuntime, container_api: object  # noqa: F811
 ) -> Iterator[tuple[str, FakeFargateAgent]]:
     with moto_server() as url, FakeFargateAgent(
         url, ECS_CLUSTER, mode="containers", runtime=container_runtime, poll=0.1
@@ -54,10 +52,10 @@ def ecs(
 
 
 @pytest.fixture
-def worker_container(test_images: dict) -> ContainerSpec:  # noqa: F811
-    # The `worker` image has this package baked in (issue 11 will test stock images +
-    # self-shipping through the same harness). One slot per container keeps CI fast.
-    return ContainerSpec(image=image_of(test_images, "worker"), workers_per_container=1, install_self=None)
+def worker_container(dev_worker_image: str) -> ContainerSpec:  # noqa: F811
+    # The `worker` image with this checkout's package copied over (issue 11 will test stock
+    # images + self-shipping through the same harness). One slot per container keeps CI fast.
+    return ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None)
 
 
 def driver_for(url: str, agent: FakeFargateAgent, **kw: object):  # noqa: ANN201

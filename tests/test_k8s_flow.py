@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 import threading
 import time
 
-import cloudpickle
 import pytest
 import yaml
-from containers import docker_engine, docker_tracker, image_of, test_images  # noqa: F401
+from containers import docker_engine, docker_tracker, test_images  # noqa: F401
 from docker_runtime import container_runtime  # noqa: F401
-from prefect_relay import prefect_for_containers, prefect_relay  # noqa: F401
+from docker_support import container_api, dev_worker_image, ship_by_value  # noqa: F401
 from helpers import wait_until
 from k8s_fixtures import fake_k8s_containers, free_port  # noqa: F401
 from kubernetes import client as k8s_client
@@ -37,7 +35,7 @@ from prefect_dockerparallel import DockerParallelTaskRunner
 from prefect_dockerparallel.blocks.aks import AKSProvider
 from prefect_dockerparallel.specs import ContainerSpec
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ship_by_value(__name__)
 
 MANAGED = "app.kubernetes.io/managed-by=prefect-dockerparallel"
 MARKER = re.compile(r"dp-marker (\d+) started on (\S+)")
@@ -49,9 +47,9 @@ def aks(fake, access: str = "auto") -> AKSProvider:
 
 
 @pytest.fixture
-def worker_container(test_images: dict) -> ContainerSpec:  # noqa: F811
-    # The `worker` image has the package baked in; one slot per pod keeps CI fast.
-    return ContainerSpec(image=image_of(test_images, "worker"), workers_per_container=1, install_self=None)
+def worker_container(dev_worker_image: str) -> ContainerSpec:  # noqa: F811
+    # The `worker` image with this checkout's package copied over; one slot per pod keeps CI fast.
+    return ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None)
 
 
 @task

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -318,6 +319,18 @@ class EcsDriver(Provider):
         active = [t for t in self._worker_tasks(spec) if t.active]
         running = sum(1 for t in active if t.running)
         return ContainerCounts(running=running, initializing=len(active) - running)
+
+    def lost_worker_reason(self, spec: ClusterSpec, worker_id: str) -> str | None:
+        """Why a lost worker's task stopped (OOM, Spot reclaim, exit code): a worker id starts
+        with its container's hostname, on Fargate the task's private DNS name (ip-10-0-1-23...)."""
+        found = re.match(r"ip-(\d+)-(\d+)-(\d+)-(\d+)(?!\d)", worker_id)
+        if not found:
+            return None
+        ip, run = ".".join(found.groups()), self._run(spec.name)
+        for t in cluster_tasks(self.client("ecs"), self.cfg.cluster_name, spec.name, tuple(run.launched)):
+            if t.private_ip == ip and t.role == "worker" and t.desired_status == "STOPPED":
+                return f"worker task {t.short_id} stopped: {t.why_stopped()}"
+        return None
 
     def worker_failures(self, spec: ClusterSpec) -> list[str]:
         """`stoppedReason`s of worker tasks that stopped on their own (for the cluster's status)."""

@@ -30,7 +30,7 @@ from .azure import AzureCredentials
 from ..base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
 from ..readiness import poll, redis_answers
 from .forward import PortForwarder
-from .inventory import plan_workers, summarize
+from .inventory import WorkerFailures, plan_workers, summarize
 from .ops import Api, pod_failure, pod_ready
 from ...specs import (
     ClusterRecord,
@@ -92,7 +92,7 @@ class KubernetesDriver(Provider):
         self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
         self._forwards: dict[str, PortForwarder] = {}  # cluster name -> local port to its Redis
         self._forwards_lock = threading.Lock()
-        self._failures: dict[str, dict[str, str]] = {}  # cluster -> failed worker pod -> reason
+        self._failures = WorkerFailures()
 
     def __repr__(self) -> str:
         return f"KubernetesDriver(namespace={self.namespace!r}, access={self.access!r})"
@@ -229,20 +229,29 @@ class KubernetesDriver(Provider):
 
     def _report_failure(self, spec: ClusterSpec, pod: dict[str, Any]) -> None:
         """Say once why a worker pod failed (OOMKilled, exit code), as ECS reports stoppedReason."""
-        name = pod["metadata"]["name"]
-        failures = self._failures.setdefault(spec.name, {})
-        if name not in failures:
-            failures[name] = f"{name}: {pod_failure(pod) or 'pod Failed'}"
-            log.warning("cluster %s: worker pod %s", spec.name, failures[name])
+        new = self._failures.add(spec.name, pod["metadata"]["name"], pod_failure(pod) or "pod Failed")
+        if new:
+            log.warning("cluster %s: worker pod %s", spec.name, new)
+
+    def lost_worker_reason(self, spec: ClusterSpec, worker_id: str) -> str | None:
+        """Why a lost worker's pod ended (OOMKilled, exit code): a worker id starts with its
+        container's hostname, the pod name (cut at 40 characters)."""
+        host = worker_id.rsplit("-", 2)[0]
+        selector = O.cluster_selector(spec.name) + f",{O.ROLE_LABEL}=worker"
+        for pod in self.api.list("pods", self.namespace, selector):
+            if pod["metadata"]["name"][:40] == host and pod["status"].get("phase") == "Failed":
+                self._report_failure(spec, pod)
+        why = self._failures.of_host(spec.name, host)
+        return f"worker pod {why}" if why else None
 
     def worker_failures(self, spec: ClusterSpec) -> list[str]:
         """Why worker pods of the cluster failed (seen by `worker_containers`), oldest first."""
-        return list(self._failures.get(spec.name, {}).values())
+        return self._failures.of(spec.name)
 
     # -- teardown, leftovers, logs ---------------------------------------------------------
     def stop(self, spec: ClusterSpec) -> None:
         self._close_forward(spec)
-        self._failures.pop(spec.name, None)
+        self._failures.forget(spec.name)
         removed = self.cleanup(spec.name)
         log.info("cluster %s: deleted %d Kubernetes objects", spec.name, len(removed))
 

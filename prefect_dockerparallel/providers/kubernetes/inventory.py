@@ -28,6 +28,32 @@ class WorkerPlan:
     failed: str | None = None  # a Job gave up (BackoffLimitExceeded): do not make another
 
 
+class WorkerFailures:
+    """Failed worker pods per cluster with Kubernetes' reason, each reported once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dict[str, str]] = {}  # cluster -> pod name -> "pod: reason"
+
+    def add(self, cluster: str, pod: str, reason: str) -> str | None:
+        """The failure's description when it is new, None when this pod was recorded before."""
+        seen = self._seen.setdefault(cluster, {})
+        if pod in seen:
+            return None
+        seen[pod] = f"{pod}: {reason}"
+        return seen[pod]
+
+    def of(self, cluster: str) -> list[str]:
+        return list(self._seen.get(cluster, {}).values())
+
+    def of_host(self, cluster: str, host: str) -> str | None:
+        """The failure of the one pod whose name (as a hostname, cut at 40) is `host`."""
+        found = [why for pod, why in self._seen.get(cluster, {}).items() if pod[:40] == host]
+        return found[0] if len(found) == 1 else None
+
+    def forget(self, cluster: str) -> None:
+        self._seen.pop(cluster, None)
+
+
 def plan_workers(jobs: list[dict[str, Any]], count: int) -> WorkerPlan:
     """A work-queue Job makes no new pod once one of its pods succeeded (a worker retired on
     scale-down), so scaling up after that needs a new generation; pods of older generations
