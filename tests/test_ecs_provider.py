@@ -260,6 +260,13 @@ def test_worker_that_stops_on_its_own_is_reported(
     assert counts.running == 1
     assert "CannotPullContainerError" in caplog.text
     assert len(driver.worker_failures(spec)) == 2
+    # A lost worker's id starts with its hostname, the task's private DNS name: the reason is found.
+    (stopped,) = ecs.describe_tasks(cluster=ECS_CLUSTER, tasks=workers[:1])["tasks"]
+    ip = next(d["value"] for d in stopped["attachments"][0]["details"] if d["name"] == "privateIPv4Address")
+    why = driver.lost_worker_reason(spec, f"ip-{ip.replace('.', '-')}-7-0a1b2c")
+    assert why and why.startswith(f"worker task {workers[0].rsplit('/', 1)[-1]} stopped: CannotPullContainerError")
+    assert driver.lost_worker_reason(spec, f"ip-{ip.replace('.', '-')}9-7-0a1b2c") is None  # another IP
+    assert driver.lost_worker_reason(spec, "laptop-7-0a1b2c") is None
     with pytest.raises(ProviderError, match="CannotPullContainerError"):
         driver.set_worker_containers(spec, 3, secrets, handle)  # stops throwing money at a broken image
     driver.stop(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from prefect_dockerparallel.providers.kubernetes.inventory import plan_workers, summarize
+from prefect_dockerparallel.providers.kubernetes.inventory import WorkerFailures, plan_workers, summarize
 
 
 def job(name: str, gen: int, parallelism: int, active: int = 0, succeeded: int = 0, failed: bool = False) -> dict:
@@ -61,3 +61,18 @@ def test_summarize_tells_live_from_dead_clusters() -> None:
     records = {r.name: r for r in summarize(objects, "aks")}
     assert {n: r.alive for n, r in records.items()} == {"a": True, "b": False, "c": False, "d": True}
     assert records["b"].resources == ("Secret/dp-b", "Pod/dp-b-server") and records["b"].flow_run_id == "run-b"
+
+
+def test_a_failed_worker_pod_is_reported_once_and_found_by_its_hostname() -> None:
+    failures = WorkerFailures()
+    long_name = "dp-a-cluster-name-of-forty-characters-workers-x1y2z"
+    assert failures.add("c", long_name, "container exited with code 137 (OOMKilled)") == (
+        f"{long_name}: container exited with code 137 (OOMKilled)")
+    assert failures.add("c", long_name, "again") is None  # once per pod
+    assert failures.of("c") == [f"{long_name}: container exited with code 137 (OOMKilled)"]
+    assert failures.of_host("c", long_name[:40]) == failures.of("c")[0]  # hostnames are cut at 40
+    assert failures.of_host("other", long_name[:40]) is None
+    failures.add("c", long_name[:40] + "-twin", "Error")  # two pods share the cut name: no guess
+    assert failures.of_host("c", long_name[:40]) is None
+    failures.forget("c")
+    assert failures.of("c") == []
