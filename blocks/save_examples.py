@@ -4,10 +4,13 @@
     python blocks/save_examples.py --only local     # just the local one
 
 Then `DockerParallelTaskRunner(cluster="ecs-example")` uses one, and the Prefect UI (Blocks
-page) edits it. Credentials are read from the environment (AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY, KUBECONFIG) and stored as secret fields, which the API masks; leave them
-unset to rely on the default credential chain of the machine that runs the flow.
-Saving makes no cloud API call: nothing is provisioned until a flow run submits a task.
+page) edits it. Each example's provider and worker container are saved as their own blocks
+(`ecs-example-provider`, `ecs-example-container`, ...) that the cluster config references: the
+shape both Prefect UIs show in full and keep when you save. Credentials are read from the
+environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, KUBECONFIG) and stored as secret fields,
+which the API masks; leave them unset to rely on the default credential chain of the machine
+that runs the flow. Saving makes no cloud API call: nothing is provisioned until a flow run
+submits a task.
 """
 
 from __future__ import annotations
@@ -40,11 +43,10 @@ def _known(cls: type[Block], **values: Any) -> Block:
 
 def examples() -> dict[str, ClusterConfig]:
     """The example documents, by name."""
-    container = WorkerContainer(pip_packages=["numpy"], workers_per_container=2)
     kubeconfig = os.environ.get("KUBECONFIG")
     kubeconfig_text = Path(kubeconfig).read_text() if kubeconfig and Path(kubeconfig).is_file() else None
     return {
-        "local-2": ClusterConfig(provider=LocalProvider(), workers=2, idle_timeout=30),
+        "local-2": ClusterConfig(provider=LocalProvider(), container=WorkerContainer(), workers=2, idle_timeout=30),
         "ecs-example": ClusterConfig(
             provider=_known(
                 ECSFargateProvider,
@@ -52,7 +54,7 @@ def examples() -> dict[str, ClusterConfig]:
                 aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
                 aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
             ),
-            container=container,
+            container=WorkerContainer(pip_packages=["numpy"], workers_per_container=2),
             workers=8,
             worker_cpu=1024,
             worker_memory=2048,
@@ -60,7 +62,7 @@ def examples() -> dict[str, ClusterConfig]:
         ),
         "aks-example": ClusterConfig(
             provider=_known(AKSProvider, namespace="dockerparallel", kubeconfig=kubeconfig_text),
-            container=container,
+            container=WorkerContainer(pip_packages=["numpy"], workers_per_container=2),
             workers=8,
             worker_cpu=1024,
             worker_memory=2048,

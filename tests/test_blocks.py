@@ -121,7 +121,7 @@ def test_provider_schema_is_an_any_of_block_references_for_the_ui() -> None:
 )
 def test_invalid_values_fail_with_the_field_name(kwargs: dict, field: str) -> None:
     with pytest.raises(ValidationError) as err:
-        ClusterConfig(**kwargs)
+        ClusterConfig(**{"provider": LocalProvider(), **kwargs})
     assert field in str(err.value)
 
 
@@ -143,6 +143,7 @@ def test_ssh_key_is_accepted_and_reaches_the_spec() -> None:
 
 def test_to_spec_carries_every_size_and_tag() -> None:
     cfg = ClusterConfig(
+        provider=LocalProvider(),
         workers=6,
         worker_cpu=512,
         worker_memory=1024,

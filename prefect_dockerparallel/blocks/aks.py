@@ -8,12 +8,14 @@ first talks to the API, never when Prefect imports this collection.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from ..providers.base import Provider
+from ._form import Hidden, OptionalSecret, OptionalSecretText, OptionalText
+from ._references import SelfReferencing
 
 AZURE_FIELDS = (
     "azure_tenant_id",
@@ -25,7 +27,7 @@ AZURE_FIELDS = (
 )
 
 
-class AKSProvider(Block):
+class AKSProvider(SelfReferencing, Block):
     """Runs the Redis server and workers in a Kubernetes namespace (AKS, EKS, GKE, kind...).
 
     Cluster access, in order: `kubeconfig` (+ `context`); `in_cluster` (the flow runs in a pod);
@@ -46,43 +48,69 @@ class AKSProvider(Block):
 
     aks = AKSProvider.load("BLOCK_NAME")
     runner = DockerParallelTaskRunner(provider=aks, workers=8)
+    # or reference it from a saved cluster config: ClusterConfig(provider=aks).save("aks-8")
     ```
     """
 
-    kind: Literal["aks"] = Field(default="aks", description="Provider discriminator; always 'aks' for this block.")
+    kind: Hidden[Literal["aks"]] = Field(default="aks", description="Provider discriminator (not a form field).")
     namespace: str = Field(
         default="default",
+        title="Kubernetes Namespace",
         description="Namespace the cluster's objects are created in; the account needs the Role in docs/kubernetes.md there.",
     )
-    kubeconfig: Optional[SecretStr] = Field(
+    kubeconfig: OptionalSecretText = Field(
         default=None,
-        description="kubeconfig document (YAML). Users needing an exec plugin (kubelogin, gke-gcloud-auth-plugin) need it installed where the flow runs.",
+        title="kubeconfig",
+        description=(
+            "kubeconfig document (YAML, pasted whole; stored as a secret and masked when shown again). "
+            "An exec plugin it names (kubelogin, gke-gcloud-auth-plugin) must be installed where the "
+            "flow runs. Empty: in-cluster, Azure service principal, or this machine's default kubeconfig."
+        ),
     )
-    context: Optional[str] = Field(default=None, description="kubeconfig context; default: its current-context.")
+    context: OptionalText = Field(
+        default=None, title="kubeconfig Context", description="Context of the kubeconfig; empty: its current-context."
+    )
     in_cluster: bool = Field(
         default=False,
+        title="In Cluster",
         description="Use the pod's service account: the flow itself runs in this Kubernetes cluster.",
     )
-    azure_tenant_id: Optional[str] = Field(default=None, description="Azure AD tenant of the service principal.")
-    azure_client_id: Optional[str] = Field(default=None, description="Application (client) id of the service principal.")
-    azure_client_secret: Optional[SecretStr] = Field(default=None, description="Client secret of the service principal.")
-    azure_subscription_id: Optional[str] = Field(default=None, description="Subscription of the AKS cluster.")
-    azure_resource_group: Optional[str] = Field(default=None, description="Resource group of the AKS cluster.")
-    aks_cluster_name: Optional[str] = Field(default=None, description="Name of the AKS managed cluster.")
+    azure_tenant_id: OptionalText = Field(
+        default=None, title="Azure Tenant ID", description="Azure AD (Entra ID) tenant of the service principal."
+    )
+    azure_client_id: OptionalText = Field(
+        default=None, title="Azure Client ID", description="Application (client) ID of the service principal."
+    )
+    azure_client_secret: OptionalSecret = Field(
+        default=None, title="Azure Client Secret", description="Client secret of the service principal."
+    )
+    azure_subscription_id: OptionalText = Field(
+        default=None, title="Azure Subscription ID", description="Subscription of the AKS cluster."
+    )
+    azure_resource_group: OptionalText = Field(
+        default=None, title="Azure Resource Group", description="Resource group of the AKS cluster."
+    )
+    aks_cluster_name: OptionalText = Field(
+        default=None, title="AKS Cluster Name", description="Name of the AKS managed cluster."
+    )
     arm_api_version: str = Field(
         default="2024-05-01",
+        title="ARM API Version",
         description="api-version of the ARM listClusterUserCredential call (Microsoft.ContainerService).",
     )
     azure_authority_host: str = Field(
         default="https://login.microsoftonline.com",
+        title="Azure Authority Host",
         description="Azure AD authority; change for sovereign clouds (e.g. https://login.microsoftonline.us).",
     )
     arm_endpoint: str = Field(
         default="https://management.azure.com",
+        title="ARM Endpoint",
         description="Azure Resource Manager endpoint; change for sovereign clouds.",
     )
     access: Literal["auto", "port-forward", "loadbalancer", "direct"] = Field(
         default="auto",
+        title="Redis Access",
         description=(
             "How the flow runner reaches Redis. 'port-forward': tunnelled through the API server (TLS, "
             "no public endpoint); 'loadbalancer': the Redis Service becomes a LoadBalancer open only to "
@@ -93,24 +121,47 @@ class AKSProvider(Block):
     )
     source_ranges: list[str] = Field(
         default_factory=list,
-        description="access='loadbalancer' only: CIDRs allowed through it; empty: this machine's egress IP (/32), found via egress_ip_url.",
+        title="Source Ranges (CIDR)",
+        description=(
+            'access "loadbalancer" only: a JSON list of CIDRs allowed through it, e.g. ["203.0.113.7/32"]; '
+            "empty: this machine's egress IP (/32), found via the Egress IP URL."
+        ),
+        examples=[["203.0.113.7/32"]],
     )
     egress_ip_url: str = Field(
         default="https://api.ipify.org",
+        title="Egress IP URL",
         description="URL that answers this machine's public IP as plain text (used when source_ranges is empty).",
     )
-    redis_port: int = Field(default=6379, ge=1, le=65535, description="Port of the Redis container and Service.")
+    redis_port: int = Field(
+        default=6379, ge=1, le=65535, title="Redis Port", description="Port of the Redis container and Service."
+    )
     service_annotations: dict[str, str] = Field(
         default_factory=dict,
-        description="Annotations of the LoadBalancer Service, e.g. service.beta.kubernetes.io/azure-load-balancer-internal: 'true'.",
+        title="Service Annotations",
+        description=(
+            "Annotations of the LoadBalancer Service, as a JSON object of strings, e.g. "
+            '{"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}.'
+        ),
+        examples=[{"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}],
     )
-    service_account_name: Optional[str] = Field(
-        default=None, description="Service account of the server and worker pods (e.g. for workload identity)."
+    service_account_name: OptionalText = Field(
+        default=None,
+        title="Service Account Name",
+        description="Service account of the server and worker pods (e.g. for workload identity); empty: the namespace default.",
     )
     image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Names of Secrets in the namespace used to pull a private image."
+        default_factory=list,
+        title="Image Pull Secrets",
+        description='Names of Secrets in the namespace used to pull a private image, as a JSON list, e.g. ["regcred"].',
+        examples=[["regcred"]],
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the server and worker pods.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        title="Node Selector",
+        description='nodeSelector of the server and worker pods, as a JSON object, e.g. {"agentpool": "batch"}.',
+        examples=[{"agentpool": "batch"}],
+    )
     start_timeout: float = Field(
         default=600, gt=0, description="Seconds to wait for the Redis pod and load balancer (image pulls included)."
     )

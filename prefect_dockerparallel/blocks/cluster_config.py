@@ -1,18 +1,21 @@
 """The ClusterConfig block (seed: CloudConfig): provider, container, number and size of workers.
 
 `DockerParallelTaskRunner(cluster="name")` loads a saved one at the first submit of a flow run.
+Saving one saves its provider and container as their own named blocks and references them, the
+only shape that both Prefect UIs show in full and keep on save (see `_references.py`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Union
+from typing import Any, ClassVar, Optional, Union
 
 from prefect.blocks.core import Block
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ..providers.base import Provider
 from ..specs import ClusterSpec
+from . import _references as refs
 from ._common import UI_DOCS_URL
 from .aks import AKSProvider
 from .container import WorkerContainer
@@ -27,6 +30,8 @@ _TAG_VALUE_RE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$"
 
 PROVIDER_BLOCKS: tuple[type[Block], ...] = (LocalProvider, ECSFargateProvider, AKSProvider, DockerProvider)
 _KIND_BY_SLUG = {cls.get_block_type_slug(): cls.model_fields["kind"].default for cls in PROVIDER_BLOCKS}
+_KINDS = ", ".join(repr(k) for k in _KIND_BY_SLUG.values())
+NESTED_FIELDS = ("provider", "container")
 
 
 def _any_of(schema: dict[str, Any]) -> None:
@@ -41,7 +46,16 @@ def _any_of(schema: dict[str, Any]) -> None:
 ProviderBlock = Union[LocalProvider, ECSFargateProvider, AKSProvider, DockerProvider]
 
 
-class ClusterConfig(Block):
+def missing_provider_message(name: Optional[str]) -> str:
+    return (
+        f"ClusterConfig {name!r} has no provider, and a cluster config never defaults to the local "
+        "machine: open it in the Prefect UI (Blocks > "
+        f"{name} > Edit), choose a provider block under Provider and save, or save it from code "
+        "with ClusterConfig(provider=LocalProvider() / DockerProvider(...) / ECSFargateProvider(...) / AKSProvider(...))"
+    )
+
+
+class ClusterConfig(refs.ReferencingParent, Block):
     """A whole cluster: provider, container and sizes (seed: CloudConfig).
 
     `DockerParallelTaskRunner(cluster="name")` loads the saved document when a flow run first
@@ -51,8 +65,9 @@ class ClusterConfig(Block):
     _block_type_name = "DockerParallel Cluster Config"
     _block_type_slug = "dockerparallel-cluster-config"
     _description = (
-        "Provider, worker container, number and size of workers of the cluster that "
-        "DockerParallelTaskRunner(cluster=...) starts for each flow run."
+        "A DockerParallel cluster: where it runs (a provider block), what each worker runs (a "
+        "worker container block), and how many workers of what size. A flow whose task runner "
+        "names this block starts one such cluster per flow run and removes it at the end."
     )
     _documentation_url = UI_DOCS_URL
     _code_example = """
@@ -61,33 +76,39 @@ class ClusterConfig(Block):
     from prefect_dockerparallel import ClusterConfig, DockerParallelTaskRunner
 
     cluster_config = ClusterConfig.load("BLOCK_NAME")
+    print(cluster_config.provider, cluster_config.workers)
 
-    # or, to pick up edits of the block on every run without a redeploy:
-    @flow(task_runner=DockerParallelTaskRunner(cluster="BLOCK_NAME"))
+    # In a flow, give the block's name: the runner loads it when each flow run starts,
+    # so UI edits apply to the next run, and no credential travels with the flow.
+    @flow(task_runner=DockerParallelTaskRunner(cluster="the-block-name"))
     def my_flow(): ...
     ```
     """
 
     provider: ProviderBlock = Field(
-        default_factory=LocalProvider,
-        description="Where the cluster runs: a Local, Docker, ECS Fargate or AKS provider block.",
+        ...,
+        title="Provider",
+        description=(
+            "Where the cluster runs. Required: pick the kind (Local, ECS Fargate, AKS, Docker), then "
+            "a saved provider block of that kind or Add one."
+        ),
         discriminator="kind",
         json_schema_extra=_any_of,
     )
     container: WorkerContainer = Field(
-        default_factory=WorkerContainer, description="What each worker container runs."
+        default_factory=WorkerContainer,
+        title="Worker Container",
+        description="What each worker container runs (image, packages); empty: the default image.",
     )
     workers: int = Field(default=2, ge=0, le=10_000, description="Number of worker task slots.")
     worker_cpu: int = Field(
-        default=1024, gt=0, description="CPU units per worker slot (1024 = 1 vCPU)."
+        default=1024, gt=0, title="Worker CPU", description="CPU units per worker slot (1024 = 1 vCPU)."
     )
-    worker_memory: int = Field(default=2048, gt=0, description="Memory per worker slot in MB.")
+    worker_memory: int = Field(default=2048, gt=0, description="Memory per worker slot, in MB.")
     server_cpu: int = Field(
-        default=256, gt=0, description="CPU units of the Redis server container (1024 = 1 vCPU)."
+        default=256, gt=0, title="Server CPU", description="CPU units of the Redis server container (1024 = 1 vCPU)."
     )
-    server_memory: int = Field(
-        default=512, gt=0, description="Memory of the Redis server container in MB."
-    )
+    server_memory: int = Field(default=512, gt=0, description="Memory of the Redis server container, in MB.")
     idle_timeout: float = Field(
         default=60,
         ge=5,
@@ -95,46 +116,96 @@ class ClusterConfig(Block):
         description="Seconds without a driver heartbeat before the cluster stops itself (dead-man's switch).",
     )
     tags: dict[str, str] = Field(
-        default_factory=dict, description="Extra tags (AWS) / labels (Kubernetes) on every resource."
+        default_factory=dict,
+        description=(
+            'Extra AWS tags / Kubernetes labels on every resource, as a JSON object of strings, e.g. '
+            '{"team": "data", "env": "prod"}. Keys and values: letters, digits, "-", "_", "." (max 63).'
+        ),
+        examples=[{"team": "data", "env": "prod"}],
     )
+
+    # Set by `_from_block_document`: referenced documents without their self-reference stamp
+    # (created in a UI), and nested fields stored embedded (saved by an older version).
+    _unstamped: list[str] = PrivateAttr(default_factory=list)
+    _embedded: list[str] = PrivateAttr(default_factory=list)
+    _nested_fields: ClassVar[tuple[str, ...]] = NESTED_FIELDS
 
     @field_validator("provider", mode="before")
     @classmethod
     def _provider_kind(cls, value: Any) -> Any:
-        """Documents saved from the UI carry `block_type_slug`; one saved without `kind` (an
-        older schema, a cleared field) still loads as the right class through its slug, or
-        else through its field names when exactly one provider class has them all."""
+        """Documents saved from the UI carry no `kind` (it is not a form field): the provider
+        class comes from the block type slug, else from its field names when exactly one
+        provider class has them all."""
+        if value is None or value == {}:
+            raise ValueError(
+                "provider is required: choose LocalProvider(), DockerProvider(...), ECSFargateProvider(...) or AKSProvider(...) "
+                "(a cluster config never defaults to the local machine)"
+            )
+        value = refs.without_stamp(value)
         if isinstance(value, dict) and not value.get("kind"):
             kind = _KIND_BY_SLUG.get(value.get("block_type_slug") or "")
-            keys = {k for k in value if not k.startswith("_") and k != "block_type_slug"}
+            keys = {k for k in value if not k.startswith(("_", "$")) and k != "block_type_slug"}
             if kind is None and keys:
                 owners = [c for c in PROVIDER_BLOCKS if keys <= set(c.model_fields)]
                 kind = owners[0].model_fields["kind"].default if len(owners) == 1 else None
             if kind is None:
-                raise ValueError(
-                    "provider: expected a provider block with kind 'local', 'ecs', 'aks' or 'docker' "
-                    f"(got the keys {sorted(value)})"
-                )
+                raise ValueError(f"provider: expected a provider block with kind {_KINDS} (got the keys {sorted(value)})")
             value = {**value, "kind": kind}
         return value
 
+    @field_validator("container", mode="before")
+    @classmethod
+    def _container_data(cls, value: Any) -> Any:
+        return refs.without_stamp(value)
+
     @classmethod
     def _from_block_document(cls, block_document: Any) -> "ClusterConfig":
-        """When `provider` is a reference to a saved provider document (how the UI links
-        blocks), the server returns the referenced data without its slug; take the slug from
-        the reference so a provider saved without `kind` still resolves to its own class."""
-        try:
-            data = block_document.data
-            provider = data.get("provider")
-            ref = (block_document.block_document_references or {}).get("provider") or {}
-            slug = ref["block_document"]["block_type"]["slug"] if ref else None
-            if isinstance(provider, dict) and not provider.get("kind") and slug in _KIND_BY_SLUG:
-                block_document = block_document.model_copy(
-                    update={"data": {**data, "provider": {**provider, "kind": _KIND_BY_SLUG[slug]}}}
-                )
-        except (AttributeError, KeyError, TypeError):
-            pass  # an unexpected document shape: let normal validation report it
-        return super()._from_block_document(block_document)
+        """Load any stored shape: referenced nested blocks (the API inlines their data, with
+        their stamp), embedded ones (older saves), or a UI copy. A document without a provider,
+        or whose provider lost its secrets to a UI copy, fails here, before anything starts."""
+        name = block_document.name
+        data = dict(block_document.data or {})
+        references = block_document.block_document_references or {}
+        if not data.get("provider"):
+            raise ValueError(missing_provider_message(name))
+        unstamped, embedded = [], []
+        for field in NESTED_FIELDS:
+            value = data.get(field)
+            if not isinstance(value, dict):
+                continue
+            document = (references.get(field) or {}).get("block_document") or {}
+            if document.get("id"):
+                if not refs.is_stamped(value, document["id"]):
+                    unstamped.append(str(document["id"]))
+            elif refs.SELF_REF not in value:
+                embedded.append(field)
+            value = refs.without_stamp(value)
+            slug = (document.get("block_type") or {}).get("slug")
+            if field == "provider" and not value.get("kind") and slug in _KIND_BY_SLUG:
+                value = {**value, "kind": _KIND_BY_SLUG[slug]}
+            data[field] = value
+        block = super()._from_block_document(block_document.model_copy(update={"data": data}))
+        masked = refs.masked_secret_fields(block.provider, "provider") + refs.masked_secret_fields(
+            block.container, "container"
+        )
+        if masked:
+            raise ValueError(
+                f"ClusterConfig {name!r}: {', '.join(masked)} holds the Prefect API's mask {refs.MASK!r} "
+                "instead of the secret (a UI saved a copy of the provider block instead of a reference "
+                f"to it): open Blocks > {name} > Edit, choose the provider block again and save, or "
+                "save the ClusterConfig from code"
+            )
+        block._unstamped, block._embedded = unstamped, embedded
+        return block
+
+    def repair_ui_links(self) -> list[str]:
+        """Stamp the referenced provider/container documents that lack their self-reference
+        (blocks created in a UI), so the V2 UI keeps the references; returns the document ids.
+        Called when a flow run loads the block; best effort (a read-only API key may refuse)."""
+        ids, self._unstamped = list(self._unstamped), []
+        refs.stamp_sync(ids)
+        return ids
+
 
     @field_validator("tags")
     @classmethod

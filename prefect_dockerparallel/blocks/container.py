@@ -10,13 +10,15 @@ from pydantic import Field, field_validator
 
 from ..specs import DEFAULT_IMAGE, ContainerSpec
 from ._common import UI_DOCS_URL, _check_packages
+from ._form import OptionalText
+from ._references import SelfReferencing
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV_PREFIX = "DOCKERPARALLEL_"
 _SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
 
 
-class WorkerContainer(Block):
+class WorkerContainer(SelfReferencing, Block):
     """The container image every worker runs, and what it installs at start (seed: DockerContainer).
 
     Installing packages at container start lets a stock image serve without a custom build;
@@ -35,34 +37,53 @@ class WorkerContainer(Block):
     from prefect_dockerparallel import WorkerContainer
 
     worker_container = WorkerContainer.load("BLOCK_NAME")
-    worker_container.add_pip_packages("numpy", "pandas>=2")
-    worker_container.save("BLOCK_NAME", overwrite=True)
+    worker_container.add_pip_packages("numpy", "pandas==2.2.3")
+    worker_container.save(overwrite=True)  # back to the same block
     ```
     """
 
     image: str = Field(
         default=DEFAULT_IMAGE,
+        title="Image",
         description="Worker image; it needs Python and the same Prefect and cloudpickle versions as the flow.",
     )
     workers_per_container: int = Field(
-        default=4, ge=1, le=64, description="Task slots (worker processes) in each container."
+        default=4, ge=1, le=64, title="Workers per Container", description="Task slots (worker processes) in each container."
     )
     pip_packages: list[str] = Field(
-        default_factory=list, description="pip requirements installed when a worker container starts."
+        default_factory=list,
+        title="pip Packages",
+        description='pip requirements installed when a worker container starts, as a JSON list of strings, e.g. ["numpy", "pandas==2.2.3"].',
+        examples=[["numpy", "pandas==2.2.3"]],
     )
     system_packages: list[str] = Field(
-        default_factory=list, description="apt packages installed when a worker container starts."
+        default_factory=list,
+        title="System (apt) Packages",
+        description='Debian/Ubuntu packages installed with apt-get when a worker container starts, as a JSON list, e.g. ["git", "libgomp1"].',
+        examples=[["git", "libgomp1"]],
     )
     env: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra environment variables of each worker (visible in the UI: no secrets here).",
+        title="Environment Variables",
+        description=(
+            'Extra environment variables of each worker, as a JSON object of strings, e.g. {"OMP_NUM_THREADS": "1"}. '
+            "Shown in clear in the UI: put no secrets here."
+        ),
+        examples=[{"OMP_NUM_THREADS": "1"}],
     )
-    ssh_public_key: Optional[str] = Field(
-        default=None, description="OpenSSH public key allowed to log into worker containers."
+    ssh_public_key: OptionalText = Field(
+        default=None,
+        title="SSH Public Key",
+        description="One OpenSSH public key line (the .pub file) allowed to log into worker containers; empty: no sshd.",
+        examples=["ssh-ed25519 AAAA... me@host"],
     )
-    install_self: Optional[str] = Field(
+    install_self: OptionalText = Field(
         default="prefect-dockerparallel",
-        description="pip requirement that installs prefect-dockerparallel at start; empty when the image has it.",
+        title="Install prefect-dockerparallel",
+        description=(
+            "pip requirement that installs prefect-dockerparallel when a container starts; clear it "
+            "(from code: None) when the image already has the package."
+        ),
     )
 
     @field_validator("image")

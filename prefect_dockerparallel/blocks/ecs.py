@@ -12,13 +12,15 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 from ..providers.base import Provider
+from ._form import Hidden, OptionalSecret, OptionalText
+from ._references import SelfReferencing
 
 
 def _secret(value: Optional[SecretStr]) -> Optional[str]:
     return value.get_secret_value() if value is not None else None
 
 
-class ECSFargateProvider(Block):
+class ECSFargateProvider(SelfReferencing, Block):
     """Runs the Redis server and workers as AWS ECS Fargate tasks, one cluster per flow run.
 
     Nothing that is not given is required: the ECS cluster, VPC, subnet, internet gateway,
@@ -33,15 +35,29 @@ class ECSFargateProvider(Block):
     _documentation_url = (
         "https://github.com/prefect-dockerparallel/prefect-dockerparallel/blob/main/docs/ecs.md"
     )
+    _code_example = """
+    ```python
+    from prefect import flow
+    from prefect_dockerparallel import ECSFargateProvider, ClusterConfig, DockerParallelTaskRunner
 
-    kind: Literal["ecs"] = Field(default="ecs", description="Provider discriminator; always 'ecs'.")
-    region_name: str = Field(default="us-east-1", description="AWS region of every resource.")
+    ecs = ECSFargateProvider.load("BLOCK_NAME")
+    # Save a cluster config that references this provider, then name it in the flow:
+    ClusterConfig(provider=ecs, workers=8, worker_cpu=1024, worker_memory=2048).save("ecs-8", overwrite=True)
+
+    @flow(task_runner=DockerParallelTaskRunner(cluster="ecs-8"))
+    def my_flow(): ...
+    ```
+    """
+
+    kind: Hidden[Literal["ecs"]] = Field(default="ecs", description="Provider discriminator (not a form field).")
+    region_name: str = Field(default="us-east-1", title="AWS Region", description="AWS region of every resource.")
     cluster_name: str = Field(
         default="docker-parallel-cluster",
+        title="ECS Cluster Name",
         description="ECS cluster (created if missing and reused by every run); also tags the shared network.",
     )
     server_task_family: str = Field(
-        default="docker-parallel-server", description="Task definition family of the Redis server task."
+        default="docker-parallel-server", title="Server Task Family", description="Task definition family of the Redis server task."
     )
     worker_task_family: str = Field(
         default="docker-parallel-worker", description="Task definition family of the worker tasks."
@@ -50,41 +66,63 @@ class ECSFargateProvider(Block):
         default="docker-parallel-security-group",
         description="Name prefix of the per-run security group (Redis from the runner and the cluster only).",
     )
-    vpc_id: Optional[str] = Field(default=None, description="Existing VPC; default: found by tag or created.")
-    subnet_id: Optional[str] = Field(
+    vpc_id: OptionalText = Field(
+        default=None, title="VPC ID", description="Existing VPC; empty: found by tag or created.",
+        examples=["vpc-0123456789abcdef0"],
+    )
+    subnet_id: OptionalText = Field(
         default=None,
-        description="Existing subnet (its routing is left alone); default: found by tag or created.",
+        title="Subnet ID",
+        description="Existing subnet (its routing is left alone); empty: found by tag or created.",
+        examples=["subnet-0123456789abcdef0"],
     )
-    security_group_id: Optional[str] = Field(
+    security_group_id: OptionalText = Field(
         default=None,
-        description="Existing security group attached to every task in addition to the per-run one.",
+        title="Extra Security Group ID",
+        description="Existing security group attached to every task in addition to the per-run one; empty: none.",
+        examples=["sg-0123456789abcdef0"],
     )
-    internet_gateway_id: Optional[str] = Field(
-        default=None, description="Existing internet gateway; default: the VPC's, or created."
+    internet_gateway_id: OptionalText = Field(
+        default=None, title="Internet Gateway ID", description="Existing internet gateway; empty: the VPC's, or created.",
+        examples=["igw-0123456789abcdef0"],
     )
-    route_table_id: Optional[str] = Field(
+    route_table_id: OptionalText = Field(
         default=None,
-        description="Existing route table to add the default route to; default: found or created.",
+        title="Route Table ID",
+        description="Existing route table to add the default route to; empty: found or created.",
+        examples=["rtb-0123456789abcdef0"],
     )
-    aws_access_key_id: Optional[SecretStr] = Field(
-        default=None, description="Access key id; default: profile, then the boto3 chain (env, SSO, role)."
-    )
-    aws_secret_access_key: Optional[SecretStr] = Field(default=None, description="Secret access key.")
-    aws_session_token: Optional[SecretStr] = Field(
-        default=None, description="Session token of temporary keys."
-    )
-    profile_name: Optional[str] = Field(default=None, description="Named profile of ~/.aws/config.")
-    endpoint_url: Optional[str] = Field(
-        default=None, description="AWS-compatible endpoint URL (LocalStack, moto); default: AWS."
-    )
-    runner_cidr: Optional[str] = Field(
+    aws_access_key_id: OptionalSecret = Field(
         default=None,
-        description="Address allowed to reach Redis (the flow runner's public IP, e.g. '203.0.113.7/32'); "
-        "default: detected via checkip.amazonaws.com.",
+        title="AWS Access Key ID",
+        description="Access key ID; empty: the profile below, then the boto3 chain (environment, SSO, instance role).",
     )
-    redis_port: int = Field(default=6379, ge=1, le=65535, description="Port of the Redis server task.")
+    aws_secret_access_key: OptionalSecret = Field(
+        default=None, title="AWS Secret Access Key", description="Secret access key of that key ID."
+    )
+    aws_session_token: OptionalSecret = Field(
+        default=None, title="AWS Session Token", description="Session token of temporary keys; empty for long-term keys."
+    )
+    profile_name: OptionalText = Field(
+        default=None, title="AWS Profile", description="Named profile of ~/.aws/config; empty: the default chain.",
+    )
+    endpoint_url: OptionalText = Field(
+        default=None,
+        title="Endpoint URL",
+        description="AWS-compatible endpoint (LocalStack, moto); empty: AWS itself.",
+        examples=["http://localhost:4566"],
+    )
+    runner_cidr: OptionalText = Field(
+        default=None,
+        title="Runner CIDR",
+        description="Address range allowed to reach Redis (the flow runner's public IP); "
+        "empty: this machine's IP, detected via checkip.amazonaws.com.",
+        examples=["203.0.113.7/32"],
+    )
+    redis_port: int = Field(default=6379, ge=1, le=65535, title="Redis Port", description="Port of the Redis server task.")
     assign_public_ip: bool = Field(
         default=True,
+        title="Assign Public IP",
         description="Give tasks public IPs (needed to pull public images without a NAT gateway).",
     )
     server_address: Literal["auto", "public", "private"] = Field(
@@ -96,25 +134,34 @@ class ECSFargateProvider(Block):
         default=False,
         description="Run workers on Fargate Spot (cheaper; an interrupted worker re-queues its tasks).",
     )
-    execution_role_arn: Optional[str] = Field(
-        default=None, description="Task execution role; default: found by name or created (ECR, logs, SSM)."
+    execution_role_arn: OptionalText = Field(
+        default=None,
+        title="Execution Role ARN",
+        description="Task execution role; empty: found by the name below or created (ECR, logs, SSM).",
+        examples=["arn:aws:iam::123456789012:role/my-ecs-execution-role"],
     )
     execution_role_name: str = Field(
         default="dockerparallel-ecs-task-execution",
+        title="Execution Role Name",
         description="Name of the execution role found or created.",
     )
-    task_role_arn: Optional[str] = Field(
-        default=None, description="Role the worker code runs as (e.g. for S3 result storage)."
+    task_role_arn: OptionalText = Field(
+        default=None,
+        title="Task Role ARN",
+        description="Role the worker code runs as (e.g. for S3 result storage); empty: none.",
+        examples=["arn:aws:iam::123456789012:role/my-task-role"],
     )
-    log_group: Optional[str] = Field(
-        default=None, description="CloudWatch log group; default: /dockerparallel/<cluster_name>."
+    log_group: OptionalText = Field(
+        default=None,
+        title="CloudWatch Log Group",
+        description="Log group of the tasks; empty: /dockerparallel/ followed by the ECS cluster name.",
     )
     log_retention_days: int = Field(
         default=7, ge=1, description="Retention of a log group this block creates."
     )
     platform_version: str = Field(default="LATEST", description="Fargate platform version.")
     cpu_architecture: Literal["X86_64", "ARM64"] = Field(
-        default="X86_64", description="CPU architecture of the tasks (the image must match)."
+        default="X86_64", title="CPU Architecture", description="CPU architecture of the tasks (the image must match)."
     )
     start_timeout: float = Field(
         default=600, gt=0, description="Seconds for the server task to start and Redis to answer."

