@@ -54,6 +54,12 @@ class PrefectServer:
 _server: Optional[PrefectServer] = None
 
 
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +79,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop(server: PrefectServer) -> None:
+def stop_server(server: PrefectServer) -> None:
     if server.process.poll() is None:
         try:
             os.killpg(server.process.pid, signal.SIGTERM)
@@ -91,6 +97,13 @@ def shared_server(timeout: float = 90.0) -> PrefectServer:
     global _server
     if _server is not None and _server.process.poll() is None:
         return _server
+    _server = start_server(timeout=timeout)
+    return _server
+
+
+def start_server(timeout: float = 90.0, ui: bool = False) -> PrefectServer:
+    """Start a Prefect server of its own (the caller stops it with `stop_server`); with `ui`, it
+    also serves both UIs, pointed at its own port."""
     home = Path(tempfile.mkdtemp(prefix="dp-prefect-home-"))
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -100,7 +113,10 @@ def shared_server(timeout: float = 90.0) -> PrefectServer:
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        PREFECT_UI_ENABLED="false",
+        PREFECT_UI_ENABLED="true" if ui else "false",
+        # The UI bundles (~30 MB) are copied once per machine and Prefect version, not per server.
+        PREFECT_UI_STATIC_DIRECTORY=str(Path(tempfile.gettempdir()) / f"dp-prefect-ui-{_prefect_version()}"),
+        PREFECT_SERVER_UI_API_URL=api_url,  # the UI calls this API (needed off the default port)
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
         # Schedules must turn into runs within seconds, not the default minute.
@@ -117,19 +133,18 @@ def shared_server(timeout: float = 90.0) -> PrefectServer:
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     server = PrefectServer(api_url=api_url, home=home, process=process)
-    atexit.register(_stop, server)
+    atexit.register(stop_server, server)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-3000:]}")
         try:
             if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                _server = server
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.25)  # polling interval while waiting for the port, not synchronisation
-    _stop(server)
+    stop_server(server)
     raise RuntimeError(f"prefect server did not answer within {timeout}s: {(home / 'server.log').read_text()[-3000:]}")
 
 

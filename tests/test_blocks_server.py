@@ -108,7 +108,7 @@ def _content(block: Block) -> dict:
     """A block's values, secrets in clear, without Prefect's bookkeeping keys."""
     def strip(value: object) -> object:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "block_type_slug"}
+            return {k: strip(v) for k, v in value.items() if k != "block_type_slug" and not k.startswith("_")}
         return value
 
     return strip(block.model_dump(mode="json", context={"include_secrets": True}))

@@ -123,7 +123,7 @@ class AKSProvider(SelfReferencing, Block):
         default_factory=list,
         title="Source Ranges (CIDR)",
         description=(
-            'access "loadbalancer" only: a JSON list of CIDRs allowed through it, e.g. ["203.0.113.7/32"]; '
+            'access "loadbalancer" only: CIDRs allowed through it, one per item (JSON list), e.g. ["203.0.113.7/32"]; '
             "empty: this machine's egress IP (/32), found via the Egress IP URL."
         ),
         examples=[["203.0.113.7/32"]],
@@ -153,7 +153,7 @@ class AKSProvider(SelfReferencing, Block):
     image_pull_secrets: list[str] = Field(
         default_factory=list,
         title="Image Pull Secrets",
-        description='Names of Secrets in the namespace used to pull a private image, as a JSON list, e.g. ["regcred"].',
+        description='Names of Secrets in the namespace used to pull a private image, one per item (JSON list), e.g. ["regcred"].',
         examples=[["regcred"]],
     )
     node_selector: dict[str, str] = Field(

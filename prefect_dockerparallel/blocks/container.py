@@ -53,13 +53,13 @@ class WorkerContainer(SelfReferencing, Block):
     pip_packages: list[str] = Field(
         default_factory=list,
         title="pip Packages",
-        description='pip requirements installed when a worker container starts, as a JSON list of strings, e.g. ["numpy", "pandas==2.2.3"].',
+        description='pip requirements installed when a worker container starts, one per item (a JSON list in the form that asks for JSON), e.g. ["numpy", "pandas==2.2.3"].',
         examples=[["numpy", "pandas==2.2.3"]],
     )
     system_packages: list[str] = Field(
         default_factory=list,
         title="System (apt) Packages",
-        description='Debian/Ubuntu packages installed with apt-get when a worker container starts, as a JSON list, e.g. ["git", "libgomp1"].',
+        description='Debian/Ubuntu packages installed with apt-get when a worker container starts, one per item (JSON list), e.g. ["git", "libgomp1"].',
         examples=[["git", "libgomp1"]],
     )
     env: dict[str, str] = Field(
@@ -81,8 +81,8 @@ class WorkerContainer(SelfReferencing, Block):
         default="prefect-dockerparallel",
         title="Install prefect-dockerparallel",
         description=(
-            "pip requirement that installs prefect-dockerparallel when a container starts; clear it "
-            "(from code: None) when the image already has the package."
+            'pip requirement that installs prefect-dockerparallel when a container starts; "none" (from '
+            "code: None) when the image already has the package."
         ),
     )
 
@@ -107,6 +107,8 @@ class WorkerContainer(SelfReferencing, Block):
     @field_validator("install_self")
     @classmethod
     def _install_self(cls, value: Optional[str]) -> Optional[str]:
+        if value and value.strip().lower() == "none":
+            return None  # the V2 UI cannot save an emptied field with a default: it restores the default
         if value:
             _check_packages("install_self", [value])
         return value or None
