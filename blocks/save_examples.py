@@ -1,13 +1,13 @@
-"""Save example ClusterConfig documents for a local, an ECS Fargate and an AKS cluster.
+"""Save example ClusterConfig documents for a local, a Docker engine, an ECS Fargate and an AKS cluster.
 
-    python blocks/save_examples.py                 # saves local-2, ecs-example, aks-example
+    python blocks/save_examples.py                 # saves local-2, docker-example, ecs-example, aks-example
     python blocks/save_examples.py --only local     # just the local one
 
 Then `DockerParallelTaskRunner(cluster="ecs-example")` uses one, and the Prefect UI (Blocks
 page) edits it. Each example's provider and worker container are saved as their own blocks
 (`ecs-example-provider`, `ecs-example-container`, ...) that the cluster config references: the
 shape both Prefect UIs show in full and keep when you save. Credentials are read from the
-environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, KUBECONFIG) and stored as secret fields,
+environment (DOCKER_HOST, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, KUBECONFIG) and stored as secret fields,
 which the API masks; leave them unset to rely on the default credential chain of the machine
 that runs the flow. Saving makes no cloud API call: nothing is provisioned until a flow run
 submits a task.
@@ -28,6 +28,7 @@ from prefect.blocks.core import Block  # noqa: E402
 from prefect_dockerparallel.blocks import (  # noqa: E402
     AKSProvider,
     ClusterConfig,
+    DockerProvider,
     ECSFargateProvider,
     LocalProvider,
     WorkerContainer,
@@ -47,6 +48,14 @@ def examples() -> dict[str, ClusterConfig]:
     kubeconfig_text = Path(kubeconfig).read_text() if kubeconfig and Path(kubeconfig).is_file() else None
     return {
         "local-2": ClusterConfig(provider=LocalProvider(), container=WorkerContainer(), workers=2, idle_timeout=30),
+        "docker-example": ClusterConfig(
+            provider=_known(DockerProvider, docker_host=os.environ.get("DOCKER_HOST")),
+            container=WorkerContainer(pip_packages=["numpy"], workers_per_container=2),
+            workers=4,
+            worker_cpu=1024,
+            worker_memory=1024,
+            tags={"team": "data", "env": "example"},
+        ),
         "ecs-example": ClusterConfig(
             provider=_known(
                 ECSFargateProvider,
@@ -84,7 +93,7 @@ def save(only: list[str] | None = None, overwrite: bool = True) -> list[str]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=["local", "ecs", "aks"], help="save only this example")
+    parser.add_argument("--only", action="append", choices=["local", "docker", "ecs", "aks"], help="save only this example")
     args = parser.parse_args()
     for name in save(args.only):
         print(f"saved ClusterConfig {name!r}")

@@ -196,7 +196,7 @@ def test_document_created_like_the_ui_loads_as_the_right_provider(registered: Pr
     assert loaded.workers == 3 and loaded.container.workers_per_container == 2
 
 
-def test_save_examples_script_saves_three_clusters(registered: PrefectServer) -> None:
+def test_save_examples_script_saves_four_referenced_clusters(registered: PrefectServer) -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "blocks" / "save_examples.py")],
         env=registered.env(AWS_SECRET_ACCESS_KEY="s3cr3t-example", AWS_ACCESS_KEY_ID="AKIAEXAMPLE"),
@@ -205,8 +205,21 @@ def test_save_examples_script_saves_three_clusters(registered: PrefectServer) ->
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    kinds = {name: type(ClusterConfig.load(name).provider) for name in ("local-2", "ecs-example", "aks-example")}
-    assert kinds == {"local-2": LocalProvider, "ecs-example": ECSFargateProvider, "aks-example": AKSProvider}
+    names = ("local-2", "docker-example", "ecs-example", "aks-example")
+    kinds = {name: type(ClusterConfig.load(name).provider) for name in names}
+    assert kinds == {
+        "local-2": LocalProvider,
+        "docker-example": DockerProvider,
+        "ecs-example": ECSFargateProvider,
+        "aks-example": AKSProvider,
+    }
+    for name in names:  # each nested block is a document of its own that the config references
+        resp = httpx.get(f"{registered.api_url}/block_types/slug/dockerparallel-cluster-config/block_documents/name/{name}")
+        refs = resp.raise_for_status().json()["block_document_references"]
+        assert {f: r["block_document"]["name"] for f, r in refs.items()} == {
+            "provider": f"{name}-provider",
+            "container": f"{name}-container",
+        }
     resp = httpx.get(
         f"{registered.api_url}/block_types/slug/dockerparallel-cluster-config/block_documents/name/ecs-example",
         timeout=10,

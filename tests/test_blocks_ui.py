@@ -329,7 +329,13 @@ def saved_examples(api_settings: PrefectServer) -> dict[str, str]:
     return {name: ids[name] for name in names}
 
 
-SHOWN_VALUE = {"local-2": "Redis Server Path", "ecs-example": "us-east-1", "aks-example": "dockerparallel"}
+# A value of each example's provider that the React detail page lists (the Vue one names the block).
+SHOWN_VALUE = {
+    "local-2": "Redis Server Path",
+    "docker-example": "Docker Host",
+    "ecs-example": "us-east-1",
+    "aks-example": "dockerparallel",
+}
 
 
 @pytest.mark.parametrize("ui_name", list(UIS))
@@ -337,7 +343,7 @@ def test_every_saved_example_shows_completely_and_survives_unchanged_saves(
     saved_examples: dict[str, str], api_settings: PrefectServer, page: Any, ui_name: str
 ) -> None:
     ui = UIS[ui_name](page, api_settings.api_url.removesuffix("/api"))
-    assert set(saved_examples) == {"local-2", "ecs-example", "aks-example"}
+    assert set(saved_examples) == set(SHOWN_VALUE)
     for name, document_id in saved_examples.items():
         before = _content(_load(name))
         ui.open(f"/blocks/block/{document_id}")

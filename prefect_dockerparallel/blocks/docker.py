@@ -15,11 +15,13 @@ from prefect.blocks.core import Block
 from pydantic import Field, field_validator
 
 from ..providers.base import Provider
+from ._form import Hidden, OptionalText
+from ._references import SelfReferencing
 
 DOCKER_HOST_SCHEMES = ("unix", "ssh", "tcp", "npipe", "http", "https")
 
 
-class DockerProvider(Block):
+class DockerProvider(SelfReferencing, Block):
     """Runs the Redis server and worker containers on a Docker engine: this machine's, or a
     remote one over ssh:// or tcp:// with TLS. Each flow run gets its own bridge network; Redis
     is published on one address only; worker_cpu / worker_memory are real container limits."""
@@ -42,31 +44,39 @@ class DockerProvider(Block):
     ```
     """
 
-    kind: Literal["docker"] = Field(default="docker", description="Provider discriminator; always 'docker'.")
-    docker_host: Optional[str] = Field(
+    kind: Hidden[Literal["docker"]] = Field(default="docker", description="Provider discriminator (not a form field).")
+    docker_host: OptionalText = Field(
         default=None,
+        title="Docker Host",
+        examples=["ssh://user@build-box"],
         description=(
             "The engine, as in DOCKER_HOST: unix:///var/run/docker.sock, ssh://user@host or "
             "tcp://host:2376. Empty: DOCKER_HOST where the flow runs, else the local socket."
         ),
     )
-    tls_cert_path: Optional[str] = Field(
+    tls_cert_path: OptionalText = Field(
         default=None,
+        title="TLS Certificate Folder",
+        examples=["/etc/docker/client-certs"],
         description="tcp:// with TLS: folder with this client's ca.pem, cert.pem and key.pem (as DOCKER_CERT_PATH).",
     )
-    publish_address: Optional[str] = Field(
+    publish_address: OptionalText = Field(
         default=None,
+        title="Publish IP Address",
+        examples=["10.0.0.5"],
         description=(
             "IP address of the engine's machine on which Redis's port is published (only that one). "
             "Empty: 127.0.0.1 for a local engine, else the address docker_host's name resolves to."
         ),
     )
-    server_address: Optional[str] = Field(
+    server_address: OptionalText = Field(
         default=None,
+        title="Redis Server Address",
         description="Host the flow runner connects to for Redis; empty: the publish address (e.g. set it behind NAT).",
     )
     pull: Literal["missing", "always", "never"] = Field(
-        default="missing", description="Pull the image when it is missing on the engine, always, or never."
+        default="missing",
+        title="Pull Image", description="Pull the image when it is missing on the engine, always, or never."
     )
     start_timeout: float = Field(
         default=120, gt=0, description="Seconds to wait for the Redis server container to answer (pulls excluded)."
