@@ -135,15 +135,25 @@ class VueUI:
         self._box(title).locator("input, textarea").first.fill(value)
 
     def pick(self, title: str, option: str) -> None:
-        self._box(title).locator(".p-select-button__control").press("ArrowDown")
+        picker = self._box(title).locator(".p-select-button__control")
+        picker.press("ArrowDown")  # a click opens and closes it again; the key opens it
         self.page.get_by_role("option", name=option, exact=True).click()
+        sync_api.expect(picker).to_contain_text(option)
 
     def tab(self, label: str) -> None:
         self.page.get_by_role("button", name=label, exact=True).click()
 
+    def _submit_button(self, label: str) -> Any:
+        return self.page.get_by_role("button", name=label, exact=True)
+
     def submit(self, label: str) -> str:
-        self.page.get_by_role("button", name=label, exact=True).click()
-        self.page.wait_for_url(re.compile(r".*/blocks/block/[0-9a-f-]{36}$"))
+        """Press Create/Save and wait for the block's page; a form that refuses says why."""
+        self._submit_button(label).click()
+        try:
+            self.page.wait_for_url(re.compile(r".*/blocks/block/[0-9a-f-]{36}$"), timeout=90_000)
+        except sync_api.TimeoutError:
+            messages = self.page.locator(".p-label__message, [role=alert], .text-destructive").all_inner_texts()
+            raise AssertionError(f"the form did not save: {messages}") from None
         return self.page.url.rsplit("/", 1)[1]
 
     def text(self) -> str:
@@ -183,16 +193,16 @@ class ReactUI(VueUI):
             group.locator("input, textarea").first.fill(value)
 
     def pick(self, title: str, option: str) -> None:
-        self._group(title).get_by_role("button", name=re.compile("^Select a block")).first.click()
+        picker = self._group(title).get_by_role("button", name=re.compile("^Select a block")).first
+        picker.click()
         self.page.get_by_role("option", name=option, exact=True).click()
+        sync_api.expect(picker).to_contain_text(option)
 
     def tab(self, label: str) -> None:
         self.page.get_by_role("tab", name=label, exact=True).click()
 
-    def submit(self, label: str) -> str:
-        self.page.get_by_role("button", name=re.compile("^(Save|Create)$")).click()
-        self.page.wait_for_url(re.compile(r".*/blocks/block/[0-9a-f-]{36}$"))
-        return self.page.url.rsplit("/", 1)[1]
+    def _submit_button(self, label: str) -> Any:
+        return self.page.get_by_role("button", name=re.compile("^(Save|Create)$"))  # "Save" on create too
 
 
 UIS: dict[str, type[VueUI]] = {"vue": VueUI, "react": ReactUI}
