@@ -282,6 +282,7 @@ class DockerCluster:
                     self.update()
             except Exception as exc:  # noqa: BLE001 - keep beating through transient errors
                 log.warning("driver heartbeat of %s failed: %s", self.name, exc)
+                self._fail_if_server_gone()
 
     def _beat_once(self) -> None:
         queue, signer, listener = self.queue, self.signer, self.listener
@@ -297,11 +298,24 @@ class DockerCluster:
             if not r.exhausted:
                 log.warning("worker %s was lost%s; task %s re-queued", r.worker_id, why, task_id)
                 continue
-            msg = f"task {task_id} was lost with worker {r.worker_id}{why} after {self.spec.max_attempts} attempts"
+            msg = f"task {task_id} was lost with worker {r.worker_id} after {self.spec.max_attempts} attempts{why}"
             log.error(msg)
             queue.push_result(reply_to, signer.dumps(KIND_RESULT, r.ident, ("lost", msg)))
         for err in queue.errors():
             log.error("%s", err)
+
+    def _fail_if_server_gone(self) -> None:
+        """Redis does not answer: if the provider knows its server is gone for good (an exited
+        container), fail the pending tasks now rather than after the listener's patience."""
+        try:
+            reason = self.driver.server_lost_reason(self.spec)
+        except Exception as exc:  # noqa: BLE001 - the listener's own timeout still applies
+            log.debug("could not tell whether the server of %s is gone: %s", self.name, exc)
+            return
+        listener = self.listener
+        if reason and listener is not None:
+            log.error("cluster %s: the Redis server is gone: %s", self.name, reason)
+            listener.fail_all(f"the cluster's Redis server is gone: {reason}")
 
     def _why_lost(self, worker_id: str) -> str:
         """The provider's account of a lost worker's container (out of memory, killed), if any."""
@@ -310,4 +324,4 @@ class DockerCluster:
         except Exception as exc:  # noqa: BLE001 - an explanation must never stop the reaper
             log.debug("could not explain the loss of worker %s: %s", worker_id, exc)
             return ""
-        return f" ({reason})" if reason else ""
+        return f": {reason}" if reason else ""

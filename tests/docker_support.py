@@ -61,31 +61,35 @@ def _package_files() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def dev_worker_image(docker_engine: Any, test_images: dict) -> str:
-    base = image_of(test_images, "worker")
-    base_id = docker_engine.images.get(base).id
-    digest = hashlib.sha256(base_id.encode() + DEV_DOCKERFILE.encode())
-    for path in _package_files():
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return build_dev_worker_image(docker_engine, image_of(test_images, "worker"))
+
+
+def build_dev_worker_image(client: Any, base: str, replace: dict[str, bytes] | None = None) -> str:
+    """`base` with this checkout's package inside (files of `replace`, by path relative to the
+    repository, instead of the checkout's); cached by a hash of everything that goes in."""
+    files = {str(p.relative_to(REPO)): p.read_bytes() for p in _package_files()}
+    files.update(replace or {})
+    digest = hashlib.sha256(client.images.get(base).id.encode() + DEV_DOCKERFILE.encode())
+    for name, data in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + data)
     tag = f"{DEV_IMAGE_REPO}:{digest.hexdigest()[:16]}"
     try:
-        docker_engine.images.get(tag)
+        client.images.get(tag)
         return tag
     except Exception:  # noqa: BLE001 - ImageNotFound: build it
         pass
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        data = DEV_DOCKERFILE.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-        for path in _package_files():
-            tar.add(path, arcname=str(path.relative_to(REPO)))
+        for name, data in {"Dockerfile": DEV_DOCKERFILE.encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    docker_engine.images.build(
+    client.images.build(
         fileobj=context, custom_context=True, tag=tag, buildargs={"BASE": base}, rm=True, forcerm=True,
         labels={"dp-test.created-by": CREATED_BY}, timeout=600,
     )
-    _prune_old_dev_images(docker_engine, keep=tag)
+    _prune_old_dev_images(client, keep=tag)
     return tag
 
 

@@ -138,6 +138,11 @@ def main() -> int:
         log.info("redis-server ready on port %s for cluster %s", port, cluster)
         reason = watch(client, proc, cluster, idle_timeout)
         log.info("shutting down: %s", reason)
+        if reason == "driver heartbeat gone":
+            # Workers poll the driver key every HEARTBEAT_INTERVAL: let each see it gone while Redis
+            # still answers (they leave at once) rather than find Redis unreachable (a partition,
+            # for all they know: they would keep their task for idle_timeout).
+            time.sleep(3 * K.HEARTBEAT_INTERVAL)
     finally:
         proc.terminate()  # redis-server treats SIGTERM as SHUTDOWN (no persistence configured)
         try:

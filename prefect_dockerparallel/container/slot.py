@@ -11,7 +11,9 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+import redis
 
 from . import link as runtime
 from ..protocol import KIND_RESULT, KIND_TASK, EnvelopeError, Signer, TaskQueue, connect_from_env
@@ -22,6 +24,9 @@ from .engine import PrefectRuntime, ResultNotSerializable, check_versions, faile
 log = logging.getLogger("prefect_dockerparallel.worker")
 
 EXIT_VERSION_MISMATCH = 3
+REDIS_RETRY_INTERVAL = 1.0  # while Redis is unreachable (a network partition), try again this often
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+T = TypeVar("T")
 
 
 class WorkerSlot:
@@ -40,14 +45,23 @@ class WorkerSlot:
 
     # -- liveness --------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
+        unreachable_since: float | None = None
         while not self._stop.is_set():
             try:
                 alive, stopping = self.queue.heartbeat(self.worker_id)
-            except Exception as exc:  # noqa: BLE001 - Redis gone: the server stopped
-                alive, stopping = False, False
-                log.warning("heartbeat failed: %s", exc)
+                unreachable_since = None
+            except Exception as exc:  # noqa: BLE001 - a network partition, or the server stopped
+                # Keep the running task for up to idle_timeout (the driver's own patience): if the
+                # link comes back, its result is still delivered (a re-run's duplicate is dropped).
+                now = time.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                    log.warning("heartbeat failed: %s; retrying for up to %.0f s", exc, self.idle_timeout)
+                alive, stopping = now - unreachable_since < self.idle_timeout, False
             if stopping:
                 self._request_stop("cluster stopping")
+            elif not alive and unreachable_since is not None:
+                self._request_stop(f"Redis unreachable for {self.idle_timeout:.0f} s")
             elif not alive:
                 self._request_stop("driver heartbeat gone (dead-man's switch)")
             if self._stop.wait(K.HEARTBEAT_INTERVAL):
@@ -117,9 +131,9 @@ class WorkerSlot:
             envelope: bytes | None = None
             while not self._stop.is_set():
                 if envelope is None:
-                    envelope = self.queue.claim(self.worker_id, K.BLOCKING_POP_TIMEOUT)
+                    envelope = self._claim()
                 if envelope is None:
-                    if self.queue.take_retirement():
+                    if not self._stop.is_set() and self._patiently(self.queue.take_retirement):
                         self._request_stop("scaled down")
                     continue
                 if envelope == K.STOP_SENTINEL:
@@ -164,7 +178,36 @@ class WorkerSlot:
             return None
         outcome = self.execute(call)
         result = self.seal_result(env.ident, outcome, call)
-        return self.queue.ack(self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set())
+        try:
+            return self.queue.ack(self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set())
+        except UNREACHABLE:
+            # The ack is one atomic script: running it again at worst pushes a duplicate result,
+            # which the listener drops. A next claim whose reply was lost is given back.
+            self._patiently(lambda: self.queue.ack(self.worker_id, envelope, listener, result))
+            self._patiently(lambda: self.queue.release(self.worker_id))
+            return None
+
+    def _claim(self) -> bytes | None:
+        try:
+            return self.queue.claim(self.worker_id, K.BLOCKING_POP_TIMEOUT)
+        except UNREACHABLE:
+            # A claim whose reply was lost may have moved an envelope into our processing list,
+            # where our own lease would hide it from the reaper: give it back once Redis answers.
+            self._patiently(lambda: self.queue.release(self.worker_id))
+            return None
+
+    def _patiently(self, op: Callable[[], T]) -> T | None:
+        """Run a Redis call, riding out an unreachable server (a network partition) for up to
+        idle_timeout; then stop the slot (None): the driver has re-queued its task by then."""
+        since = time.monotonic()
+        while True:
+            try:
+                return op()
+            except UNREACHABLE as exc:
+                if self._stop.is_set() or time.monotonic() - since >= self.idle_timeout:
+                    self._request_stop(f"Redis unreachable: {exc}")
+                    return None
+                time.sleep(REDIS_RETRY_INTERVAL)
 
     def execute(self, call: dict[str, Any]) -> tuple[str, Any]:
         try:

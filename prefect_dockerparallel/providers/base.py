@@ -111,6 +111,11 @@ class Provider(abc.ABC):
     def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
         return ""
 
+    def server_lost_reason(self, spec: ClusterSpec) -> str | None:
+        """Why the server is gone for good (asked when Redis stops answering); None while it may
+        still come back or the provider cannot tell."""
+        return None
+
     def lost_worker_reason(self, spec: ClusterSpec, worker_id: str) -> str | None:
         """Why the container of a lost worker slot ended (e.g. out of memory), for the message of
         the task that was lost with it; None when the provider cannot tell."""

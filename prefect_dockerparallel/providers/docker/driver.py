@@ -200,6 +200,16 @@ class DockerDriver(Provider):
                 initializing += 1
         return ContainerCounts(running=running, initializing=initializing)
 
+    def server_lost_reason(self, spec: ClusterSpec) -> str | None:
+        """An exited or removed server container never comes back (no restart policy)."""
+        found = self._server(spec)
+        if found is None:
+            return f"its container {O.server_name(spec)} was removed"
+        if found["State"] not in inventory.DEAD_STATES:
+            return None
+        state = self.client.api.inspect_container(found["Id"])["State"]
+        return inventory.exit_reason(state, inventory.name_of(found), spec.server_memory)
+
     def lost_worker_reason(self, spec: ClusterSpec, worker_id: str) -> str | None:
         suffix = O.suffix_of_worker_id(worker_id)
         if suffix is None:
@@ -225,6 +235,8 @@ class DockerDriver(Provider):
         """Let workers leave on their own (they flush their Prefect events), then remove
         everything of the cluster by label."""
         running = [c["Id"] for c in inventory.containers(self.client, spec.name, "worker") if c["State"] == "running"]
+        if not self.server_handle(spec):
+            running = []  # no Redis: nothing tells them to leave, nothing is left to flush
         deadline = time.monotonic() + WORKER_EXIT_GRACE
         while running and time.monotonic() < deadline:
             time.sleep(0.1)
