@@ -298,7 +298,8 @@ class DockerCluster:
             if not r.exhausted:
                 log.warning("worker %s was lost%s; task %s re-queued", r.worker_id, why, task_id)
                 continue
-            msg = f"task {task_id} was lost with worker {r.worker_id} after {self.spec.max_attempts} attempts{why}"
+            attempts = self.spec.max_attempts
+            msg = f"task {task_id} was lost with worker {r.worker_id} after {attempts} attempt{'s' * (attempts != 1)}{why}"
             log.error(msg)
             queue.push_result(reply_to, signer.dumps(KIND_RESULT, r.ident, ("lost", msg)))
         for err in queue.errors():

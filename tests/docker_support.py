@@ -20,8 +20,10 @@ functions call `ship_by_value(__name__)` (cloudpickle pickles the module's funct
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import io
+import ipaddress
 import socket
 import sys
 import tarfile
@@ -95,7 +97,6 @@ def build_dev_worker_image(client: Any, base: str, replace: dict[str, bytes] | N
 
 def _prune_old_dev_images(client: Any, keep: str, older_than_s: float = 24 * 3600) -> None:
     """Dev images of earlier code, a day old (so none a running session still uses)."""
-    import datetime
 
     now = datetime.datetime.now(datetime.timezone.utc)
     for image in client.images.list(filters={"label": f"dp-test.created-by={CREATED_BY}"}):
@@ -112,7 +113,13 @@ def _prune_old_dev_images(client: Any, keep: str, older_than_s: float = 24 * 360
 def bridge_gateway(client: Any) -> str:
     """The host's address on Docker's default bridge: reachable from the host and any container."""
     config = client.networks.get("bridge").attrs["IPAM"]["Config"]
-    return next(c["Gateway"] for c in config if c.get("Gateway") and ":" not in c["Gateway"])
+    for entry in config:
+        if entry.get("Gateway") and ":" not in entry["Gateway"]:
+            return str(entry["Gateway"])
+    # Some engines (docker.io 28 on a fresh machine) list only the subnet; Docker gives the
+    # bridge's gateway the subnet's first host address.
+    subnet = next(ipaddress.ip_network(c["Subnet"]) for c in config if ":" not in c.get("Subnet", ":"))
+    return str(next(subnet.hosts()))
 
 
 class TcpRelay:

@@ -136,7 +136,7 @@ def test_a_task_past_its_memory_limit_crashes_naming_the_oom_killed_container(
     state, results = sweep()
     assert state.is_crashed(), state
     assert "killed for running out of memory" in state.message and "memory limit of 400 MiB" in state.message, state.message
-    assert re.search(r"after 1 attempts: container dp-[a-z0-9-]+-w-[0-9a-f]{6} was killed", state.message), state.message
+    assert re.search(r"after 1 attempt: container dp-[a-z0-9-]+-w-[0-9a-f]{6} was killed", state.message), state.message
     assert [r[0] for r in results] == [i * i for i in range(6)]
     assert not any(docker_tracker.leftovers().values()), docker_tracker.leftovers()
 

@@ -131,7 +131,7 @@ def test_a_worker_task_killed_for_memory_is_reported_with_ecs_reason(
     with caplog.at_level(logging.WARNING, logger="prefect_dockerparallel"), cluster:
         future = cluster.executor().submit(hog, 2 * MEMORY_MB)
         # The task's Crashed message names the worker and says why its container ended.
-        with pytest.raises(WorkerLost, match=r"lost with worker ip-10-\S+ \(worker task \S+ stopped: .*OutOfMemoryError"):
+        with pytest.raises(WorkerLost, match=r"lost with worker ip-10-\S+ after 1 attempt: worker task \S+ stopped: .*OutOfMemoryError"):
             future.result(timeout=120)
         driver.worker_containers(cluster.spec)  # the driver's poll, as the cluster's reconcile does
         failures = driver.worker_failures(cluster.spec)

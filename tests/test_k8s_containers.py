@@ -75,7 +75,7 @@ def test_a_worker_pod_killed_for_memory_is_reported_with_its_reason(
     with caplog.at_level(logging.WARNING, logger="prefect_dockerparallel"), cluster:
         future = cluster.executor().submit(hog, 2 * MEMORY_MB)
         # The task's Crashed message names the worker and says why its pod ended.
-        with pytest.raises(WorkerLost, match=r"lost with worker \S+ \(worker pod \S+: container exited with code 137 \(OOMKilled\)"):
+        with pytest.raises(WorkerLost, match=r"lost with worker \S+ after 1 attempt: worker pod \S+: container exited with code 137 \(OOMKilled\)"):
             future.result(timeout=120)
         failures = driver.worker_failures(cluster.spec)
         assert failures and "OOMKilled" in failures[0], failures
