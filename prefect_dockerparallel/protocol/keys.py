@@ -23,6 +23,12 @@ ENV_REDIS_HOST = "DOCKERPARALLEL_REDIS_HOST"
 ENV_REDIS_PORT = "DOCKERPARALLEL_REDIS_PORT"
 ENV_REDIS_PASSWORD = "DOCKERPARALLEL_REDIS_PASSWORD"
 ENV_REDIS_TLS = "DOCKERPARALLEL_REDIS_TLS"
+# The cluster CA certificate in PEM (public, not a secret): clients verify the server against it
+# with hostname checking on (redis-py `ssl_ca_data`, stdlib `ssl.create_default_context(cadata=)`).
+ENV_REDIS_CA = "DOCKERPARALLEL_REDIS_CA"
+# The server container's own certificate (PEM, public) and private key (PEM, secret).
+ENV_REDIS_TLS_CERT = "DOCKERPARALLEL_REDIS_TLS_CERT"
+ENV_REDIS_TLS_KEY = "DOCKERPARALLEL_REDIS_TLS_KEY"
 ENV_SIGNING_KEY = "DOCKERPARALLEL_CLUSTER_SECRET"
 ENV_SLOTS = "DOCKERPARALLEL_SLOTS"
 ENV_IDLE_TIMEOUT = "DOCKERPARALLEL_IDLE_TIMEOUT"
@@ -31,7 +37,7 @@ ENV_SSH_PUBLIC_KEY = "DOCKERPARALLEL_SSH_PUBLIC_KEY"
 # A 0600 JSON file of secret variables (container.secrets_file), for engines whose API would show
 # the environment (`docker inspect`): the entrypoints load it into their own environment first.
 ENV_SECRETS_FILE = "DOCKERPARALLEL_SECRETS_FILE"
-SECRET_ENV_NAMES = frozenset({ENV_REDIS_PASSWORD, ENV_SIGNING_KEY})
+SECRET_ENV_NAMES = frozenset({ENV_REDIS_PASSWORD, ENV_SIGNING_KEY, ENV_REDIS_TLS_KEY})
 
 
 @dataclass(frozen=True)

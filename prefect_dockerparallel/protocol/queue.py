@@ -16,7 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .keys import BLOB_TTL, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
+from .keys import BLOB_TTL, ENV_REDIS_CA, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
 from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
 
 # Ack in one command: publish the result, drop the claim and (optionally) claim the next
@@ -70,13 +70,27 @@ def versions() -> dict[str, str]:
     }
 
 
-def connect(host: str, port: int, password: str, tls: bool = False) -> redis.Redis:
+def tls_options(tls: bool, ca_pem: str | None) -> dict:
+    """redis-py keywords for a server verified against the cluster CA, hostname checking on.
+
+    Without a CA (TLS terminated by the user's own proxy) the system trust store verifies."""
+    if not tls:
+        return {}
+    opts: dict = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if ca_pem:
+        opts["ssl_ca_data"] = ca_pem
+    return opts
+
+
+def connect(
+    host: str, port: int, password: str, tls: bool = False, ca_pem: str | None = None
+) -> redis.Redis:
     """A client with timeouts long enough for blocking pops and short enough to notice death."""
     return redis.Redis(
         host=host,
         port=port,
         password=password,
-        ssl=tls,
+        **tls_options(tls or bool(ca_pem), ca_pem),
         socket_timeout=30,
         socket_connect_timeout=5,
         health_check_interval=15,
@@ -93,6 +107,7 @@ def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
         int(env[ENV_REDIS_PORT]),
         env[ENV_REDIS_PASSWORD],
         tls=env.get(ENV_REDIS_TLS, "") in ("1", "true"),
+        ca_pem=env.get(ENV_REDIS_CA) or None,
     )
 
 
