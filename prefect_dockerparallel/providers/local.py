@@ -3,19 +3,18 @@
 Each "container" is a process started with exactly the command and environment a cloud container
 gets (`python -m prefect_dockerparallel.container.server|worker` + `base.server_env|worker_env`), so the
 local cluster exercises the same entrypoints, watchdog and dead-man's switch as the cloud.
-A state file per cluster (mode 0600, in the user's runtime dir) lets `reconnect`, `clusters ls`
-and `clusters cleanup` find clusters started by other processes.
+A state file per cluster (mode 0600, in a private 0700 directory: `local_state`) lets `reconnect`,
+`clusters ls` and `clusters cleanup` find clusters started by other processes; it records each
+process's start time and command line, so cleanup never signals a reused PID.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,9 @@ from ..protocol.queue import connect
 from ..container.server import find_redis_server
 from ..specs import ENTRYPOINT_MODULES, ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
 from .base import Provider, ProviderError, server_env, worker_env
+from .local_state import identity, is_ours, open_log, read_state, state_dir, write_state
 
-
-def state_dir() -> Path:
-    base = os.environ.get("DOCKERPARALLEL_STATE_DIR") or os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base or tempfile.gettempdir()) / f"prefect-dockerparallel-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+__all__ = ["LocalDriver", "free_port", "pid_alive", "state_dir"]
 
 
 def free_port() -> int:
@@ -75,6 +70,7 @@ class LocalDriver(Provider):
         self.redis_server_path = redis_server_path
         self.python = python or sys.executable
         self._clusters: dict[str, _LocalCluster] = {}
+        self._proofs: dict[int, dict] = {}  # pid -> identity at spawn (start time, command line)
 
     @property
     def is_remote(self) -> bool:
@@ -92,35 +88,33 @@ class LocalDriver(Provider):
         return state_dir() / f"{name}.log"
 
     def _save_state(self, spec: ClusterSpec, c: _LocalCluster) -> None:
+        live = [w for w in c.workers if w.poll() is None]
         data = {
             "name": spec.name,
             "flow_run_id": spec.flow_run_id,
             "port": c.port,
             "server_pid": c.server.pid if c.server else None,
-            "worker_pids": [w.pid for w in c.workers if w.poll() is None],
+            "worker_pids": [w.pid for w in live],
+            "server_proc": self._proofs.get(c.server.pid) if c.server else None,
+            "worker_procs": [self._proofs[w.pid] for w in live if w.pid in self._proofs],
             "redis_password": c.secrets.redis_password,
             "signing_key": c.secrets.signing_key.hex(),
         }
-        path = self._state_path(spec.name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
+        write_state(self._state_path(spec.name), data)
 
     def _load_state(self, name: str) -> dict | None:
-        try:
-            return json.loads(self._state_path(name).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        return read_state(self._state_path(name))
 
     def _spawn(self, spec: ClusterSpec, entrypoint: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         # Local workers see the driver's import path, so tasks defined in the user's own
         # modules unpickle without installing them (a cloud image must contain them instead).
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **env}
-        log = open(self._log_path(spec.name), "ab")
+        log = open_log(self._log_path(spec.name))
         try:
-            return subprocess.Popen(
-                [self.python, "-m", ENTRYPOINT_MODULES[entrypoint]],
+            args = [self.python, "-m", ENTRYPOINT_MODULES[entrypoint]]
+            proc = subprocess.Popen(
+                args,
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -129,12 +123,17 @@ class LocalDriver(Provider):
             )
         finally:
             log.close()
+        proof = identity(proc.pid)  # the start time is fixed at fork; the command line is ours
+        if proof:
+            self._proofs[proc.pid] = {**proof, "cmdline": args}
+        return proc
 
     # -- server ----------------------------------------------------------------------------
     def start_server(self, spec: ClusterSpec, secrets: ClusterSecrets) -> ServerHandle:
         existing = self.server_handle(spec)
         if existing:
             return existing
+        self.sweep()
         binary = find_redis_server(self.redis_server_path)
         port = free_port()
         env = server_env(spec, secrets, port)
@@ -145,6 +144,7 @@ class LocalDriver(Provider):
         self._save_state(spec, cluster)
         client = connect("127.0.0.1", port, secrets.redis_password)
         deadline = time.monotonic() + 30
+        started = False
         try:
             while True:
                 if cluster.server.poll() is not None:
@@ -159,14 +159,19 @@ class LocalDriver(Provider):
                     if time.monotonic() > deadline:
                         raise ProviderError("local redis server did not start within 30 s")
                     time.sleep(0.02)
+            started = True
         finally:
             client.close()
+            if not started:  # leave no process and no secrets behind (the log stays for the user)
+                _terminate([cluster.server], [])
+                self._clusters.pop(spec.name, None)
+                self._state_path(spec.name).unlink(missing_ok=True)
         endpoint = Endpoint("127.0.0.1", port)
         return ServerHandle(driver=endpoint, workers=endpoint)
 
     def server_handle(self, spec: ClusterSpec) -> ServerHandle | None:
         state = self._load_state(spec.name)
-        if not state or not state.get("server_pid") or not pid_alive(state["server_pid"]):
+        if not state or not is_ours(state.get("server_proc")):
             return None
         endpoint = Endpoint("127.0.0.1", int(state["port"]))
         return ServerHandle(driver=endpoint, workers=endpoint)
@@ -181,7 +186,7 @@ class LocalDriver(Provider):
         state = self._load_state(spec.name) or {}
         cluster = self._clusters.get(spec.name)
         procs = [cluster.server] if cluster and cluster.server else []
-        _terminate(procs, [state.get("server_pid")] if not procs else [])
+        _terminate(procs, [state.get("server_proc")] if not procs else [])
         if cluster:
             cluster.server = None
 
@@ -203,7 +208,7 @@ class LocalDriver(Provider):
         cluster = self._clusters.get(spec.name)
         if cluster is None:
             state = self._load_state(spec.name) or {}
-            alive = sum(pid_alive(p) for p in state.get("worker_pids", []))
+            alive = sum(is_ours(p) for p in state.get("worker_procs", []))
         else:
             alive = sum(w.poll() is None for w in cluster.workers)
         return ContainerCounts(running=alive, initializing=0)
@@ -219,8 +224,8 @@ class LocalDriver(Provider):
             _terminate(cluster.workers, [])
             _terminate([cluster.server] if cluster.server else [], [])
         else:
-            _terminate([], state.get("worker_pids", []))
-            _terminate([], [state.get("server_pid")])
+            _terminate([], state.get("worker_procs", []))
+            _terminate([], [state.get("server_proc")])
         self._state_path(spec.name).unlink(missing_ok=True)
 
     def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
@@ -234,27 +239,45 @@ class LocalDriver(Provider):
         records = []
         for path in sorted(state_dir().glob("*.json")):
             state = self._load_state(path.stem)
-            if not state:
+            if not state or not isinstance(state.get("name"), str):
                 continue
-            pids = [p for p in [state.get("server_pid"), *state.get("worker_pids", [])] if p]
+            procs = [p for p in [state.get("server_proc"), *state.get("worker_procs", [])] if is_ours(p)]
             records.append(
                 ClusterRecord(
                     name=state["name"],
                     provider=self.kind,
                     flow_run_id=state.get("flow_run_id"),
-                    resources=tuple(f"pid:{p}" for p in pids if pid_alive(p)),
-                    alive=bool(state.get("server_pid")) and pid_alive(state["server_pid"]),
+                    resources=tuple(f"pid:{p['pid']}" for p in procs),
+                    alive=is_ours(state.get("server_proc")),
                 )
             )
         return records
 
-    def cleanup(self, cluster_name: str) -> list[str]:
+    def cleanup(self, cluster_name: str, keep_log: bool = False) -> list[str]:
+        """Stop the cluster's processes (only those proven to be its own) and remove its state.
+
+        A recorded PID whose start time or command line no longer matches belongs to someone
+        else now: it is left alone, and only the state file (with the secrets) goes.
+        """
         state = self._load_state(cluster_name) or {}
-        pids = [p for p in [*state.get("worker_pids", []), state.get("server_pid")] if p and pid_alive(p)]
-        _terminate([], pids)
+        procs = [p for p in [*state.get("worker_procs", []), state.get("server_proc")] if is_ours(p)]
+        _terminate([], procs)
         self._state_path(cluster_name).unlink(missing_ok=True)
-        self._log_path(cluster_name).unlink(missing_ok=True)
-        return [f"pid:{p}" for p in pids]
+        if not keep_log:
+            self._log_path(cluster_name).unlink(missing_ok=True)
+        return [f"pid:{p['pid']}" for p in procs]
+
+    def sweep(self) -> list[str]:
+        """Remove the state (secrets included) of every dead cluster: a SIGKILLed driver's leftovers.
+
+        Called at each cluster start; logs are kept for `clusters logs` until `clusters cleanup`.
+        """
+        swept = []
+        for record in self.list_clusters():
+            if not record.alive and record.name not in self._clusters:
+                self.cleanup(record.name, keep_log=True)
+                swept.append(record.name)
+        return swept
 
 
 WORKER_EXIT_GRACE = 4.0
@@ -269,14 +292,18 @@ def _wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> None
             return
 
 
-def _terminate(procs: list[subprocess.Popen[bytes]], pids: list[int | None], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; reaps our own children."""
+def _terminate(procs: list[subprocess.Popen[bytes]], records: list[dict | None], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; reaps our own children.
+
+    `records` are processes of another driver, known by their identity (`local_state.identity`):
+    each is signalled only while it is still provably that process.
+    """
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
-    other = [p for p in pids if p and pid_alive(p)]
-    for pid in other:
-        os.kill(pid, signal.SIGTERM)
+    other = [r for r in records if r and is_ours(r)]
+    for rec in other:
+        _signal(rec, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for proc in procs:
         try:
@@ -284,11 +311,18 @@ def _terminate(procs: list[subprocess.Popen[bytes]], pids: list[int | None], gra
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for pid in other:
-        while pid_alive(pid) and time.monotonic() < deadline:
+    for rec in other:
+        while is_ours(rec) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        _signal(rec, signal.SIGKILL)
+
+
+def _signal(record: dict, sig: int) -> None:
+    if is_ours(record):
+        try:
+            os.kill(record["pid"], sig)
+        except ProcessLookupError:
+            pass
 
 
 def from_env() -> LocalDriver:
