@@ -15,12 +15,9 @@ The Docker SDK is imported lazily (engine.py), only in this folder.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 import secrets as random
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -31,16 +28,14 @@ from typing import Any
 from ..base import Provider, ProviderError, server_env, worker_env
 from ..readiness import redis_answers
 from ...specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
-from . import inventory
+from . import inventory, janitor, provision
 from . import objects as O
 from .engine import EngineConfig, docker_sdk, driver_address, publish_address
-from .janitor import process_start
 
 log = logging.getLogger(__name__)
 PULL_POLICIES = ("missing", "always", "never")
 WORKER_EXIT_GRACE = 4.0  # at teardown, time for workers to flush their Prefect events and leave
 STOP_TIMEOUT = 10  # docker stop's SIGTERM -> SIGKILL grace when scaling in
-JANITOR_MODULE = "prefect_dockerparallel.providers.docker.janitor"
 
 
 class DockerDriver(Provider):
@@ -126,7 +121,7 @@ class DockerDriver(Provider):
             if handle:
                 return handle
         self._ensure_image(spec.container.image)
-        created = self._ensure_network(spec)
+        created = provision.ensure_network(self.client, spec)
         try:
             if existing:
                 inventory.remove_containers(self.client, [existing])  # a stopped leftover of this name
@@ -270,45 +265,6 @@ class DockerDriver(Provider):
         return ServerHandle(driver=Endpoint(host, int(ports[0]["PublicPort"])),
                             workers=Endpoint(O.server_name(spec), O.REDIS_PORT))
 
-    def _create(self, config: dict[str, Any], secrets_json: bytes) -> Any:
-        """Create a container, copy the secrets file in, start it; remove it if any step fails."""
-        errors = docker_sdk().errors
-        try:
-            container = self.client.containers.create(**config)
-        except errors.ImageNotFound:
-            raise ProviderError(f"image {config['image']!r} is not on the engine {self.engine.host}") from None
-        except errors.APIError as exc:
-            raise ProviderError(f"could not create container {config['name']}: {exc.explanation or exc}") from None
-        try:
-            uid, gid = self._owner(container)
-            archive = O.secrets_archive({Path(O.SECRETS_PATH).name: secrets_json}, uid, gid)
-            if not container.put_archive("/", archive):
-                raise ProviderError(f"could not copy the secrets file into container {config['name']}")
-            container.start()
-        except BaseException as exc:
-            try:
-                container.remove(force=True)
-            except errors.APIError:
-                pass
-            if isinstance(exc, errors.APIError):
-                raise ProviderError(f"could not start container {config['name']}: {exc.explanation or exc}") from None
-            raise
-        return container
-
-    def _owner(self, container: Any) -> tuple[int, int]:
-        """uid/gid of the image's user, who must be able to read the 0600 secrets file."""
-        user = container.attrs["Config"].get("User") or ""
-        name = user.partition(":")[0]
-        if not name or name == "root" or name.isdigit():
-            return O.owner_ids(user)
-        try:
-            stream, _ = container.get_archive("/etc/passwd")
-            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-                member = tar.extractfile("passwd")
-                return O.owner_ids(user, member.read().decode(errors="replace") if member else "")
-        except (docker_sdk().errors.APIError, tarfile.TarError, KeyError):
-            return 0, 0
-
     def _wait_for_redis(self, spec: ClusterSpec, container: Any, secrets: ClusterSecrets) -> ServerHandle:
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -332,40 +288,6 @@ class DockerDriver(Provider):
                        "publish_address / server_address)" if bindings else "")
                 )
             time.sleep(0.1)
-
-    def _ensure_network(self, spec: ClusterSpec) -> bool:
-        """The cluster's bridge network; True when this call created it."""
-        name = O.network_name(spec)
-        for net in self.client.api.networks(names=[name]):
-            if net["Name"] == name:
-                if (net.get("Labels") or {}).get(O.CLUSTER_LABEL) != spec.name:
-                    raise ProviderError(f"a Docker network named {name} exists and is not cluster {spec.name}'s")
-                return False
-        self.client.api.create_network(name, driver="bridge", labels=O.labels(spec, "network"), check_duplicate=True)
-        return True
-
-    def _ensure_image(self, image: str) -> None:
-        if image in self._images:
-            return
-        errors = docker_sdk().errors
-        if self.pull != "always":
-            try:
-                self.client.api.inspect_image(image)
-                self._images.add(image)
-                return
-            except errors.ImageNotFound:
-                if self.pull == "never":
-                    raise ProviderError(
-                        f"image {image!r} is not on the Docker engine {self.engine.host} and pull='never': "
-                        "build or load it there (docker build / docker load), or allow pulls"
-                    ) from None
-        repository, tag = docker_sdk().utils.parse_repository_tag(image)
-        log.info("pulling image %s on %s", image, self.engine.host)
-        try:
-            self.client.images.pull(repository, tag=tag or "latest")
-        except errors.APIError as exc:
-            raise ProviderError(f"could not pull image {image!r} on {self.engine.host}: {exc.explanation or exc}") from None
-        self._images.add(image)
 
     def _forget_exited(self, spec: ClusterSpec, summary: dict[str, Any]) -> None:
         name = inventory.name_of(summary)
@@ -404,36 +326,29 @@ class DockerDriver(Provider):
             for _ in pool.map(fn, items):  # re-raises the first error
                 pass
 
+    def _create(self, config: dict[str, Any], secrets_json: bytes) -> Any:
+        return provision.create_container(self.client, config, provision.secrets_files(secrets_json), self.engine.host)
+
+    def _ensure_image(self, image: str) -> None:
+        if image not in self._images:
+            provision.ensure_image(self.client, image, self.pull, self.engine.host)
+            self._images.add(image)
+
+    def _start_janitor(self, spec: ClusterSpec) -> None:
+        """The process that removes the cluster's leftovers if this one dies (see janitor.py)."""
+        if self.janitor and spec.name not in self._janitors:
+            self._janitors[spec.name] = janitor.spawn(spec.name, self.engine)
+
+    def _stop_janitor(self, cluster: str) -> None:
+        proc = self._janitors.pop(cluster, None)
+        if proc is not None:
+            janitor.terminate(proc)
+
     def _remove_quietly(self, spec: ClusterSpec) -> None:
         try:
             inventory.cleanup(self.client, spec.name)
         except Exception as exc:  # noqa: BLE001 - the original error matters more
             log.warning("could not remove cluster %s after a failed start: %s", spec.name, exc)
-
-    def _start_janitor(self, spec: ClusterSpec) -> None:
-        """The process that removes the cluster's leftovers if this one dies (see janitor.py)."""
-        if not self.janitor or spec.name in self._janitors:
-            return
-        config = {"cluster": spec.name, "driver_pid": os.getpid(), "driver_started": process_start(os.getpid()),
-                  "engine": self.engine.as_dict()}
-        package_root = str(Path(__file__).resolve().parents[3])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self._janitors[spec.name] = subprocess.Popen(
-            [sys.executable, "-m", JANITOR_MODULE, json.dumps(config)], env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # survives a SIGKILL of the driver's process group
-        )
-
-    def _stop_janitor(self, cluster: str) -> None:
-        proc = self._janitors.pop(cluster, None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
 
 def from_env() -> DockerDriver:
     """Driver for the engine DOCKER_HOST names (the local socket by default): the CLI's default."""

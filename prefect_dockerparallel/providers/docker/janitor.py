@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import inventory
 from .engine import EngineConfig
@@ -27,6 +29,7 @@ log = logging.getLogger("prefect_dockerparallel.janitor")
 PID_POLL = 1.0
 EXISTS_POLL = 30.0
 SERVER_POLL = 2.0
+MODULE = "prefect_dockerparallel.providers.docker.janitor"
 GIVE_UP_AFTER = 600.0  # seconds of engine errors after which `clusters cleanup` is left to do it
 
 
@@ -85,6 +88,30 @@ def run(cluster: str, driver_pid: int, driver_started: str | None, engine: Engin
             log.warning("cannot look at the engine: %s", exc)
             client = None
         time.sleep(SERVER_POLL)
+
+
+def spawn(cluster: str, engine: EngineConfig) -> subprocess.Popen[bytes]:
+    """Start the janitor of `cluster` for this (driver) process, in a session of its own."""
+    config = {"cluster": cluster, "driver_pid": os.getpid(), "driver_started": process_start(os.getpid()),
+              "engine": engine.as_dict()}
+    package_root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        [sys.executable, "-m", MODULE, json.dumps(config)], env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # survives a SIGKILL of the driver's process group
+    )
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a janitor this process spawned (its cluster was stopped normally)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str]) -> int:
