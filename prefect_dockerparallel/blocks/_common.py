@@ -1,8 +1,8 @@
-"""What every block module shares: documentation links and the package-name check."""
+"""What every block module shares: documentation links and the package-name checks."""
 
 from __future__ import annotations
 
-import re
+from ..specs import check_pip_requirement, check_system_package
 
 DOCS_URL = "https://github.com/prefect-dockerparallel/prefect-dockerparallel#readme"
 UI_DOCS_URL = (
@@ -10,15 +10,14 @@ UI_DOCS_URL = (
     "#configuring-from-the-prefect-ui-and-scheduled-deployments"
 )
 
-_PACKAGE_RE = re.compile(r"^[A-Za-z0-9_.,:=<>!~+/@\[\]-]+$")
-
 
 def _check_packages(field: str, packages: list[str]) -> list[str]:
-    """Package names end up in a shell command at container start: allow only plain specifiers."""
+    """Package names reach pip / apt-get at container start: requirements and names, never options.
+
+    `system_packages` are Debian package names; everything else (pip_packages, install_self) is a
+    PEP 508 requirement. The specs run the same checks, so a ContainerSpec built directly is safe too.
+    """
+    check = check_system_package if field == "system_packages" else check_pip_requirement
     for p in packages:
-        if not p or not _PACKAGE_RE.match(p):
-            raise ValueError(
-                f"{field}: {p!r} is not a valid package specifier; use names with optional "
-                "version constraints such as 'numpy' or 'pandas>=2,<3' (no spaces or shell characters)"
-            )
+        check(field, p)
     return packages

@@ -211,7 +211,7 @@ class ClusterConfig(refs.ReferencingParent, Block):
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
         for key, val in value.items():
-            if not _TAG_KEY_RE.match(key):
+            if not _TAG_KEY_RE.fullmatch(key):
                 raise ValueError(
                     f"tags: key {key!r} is invalid: use 1-63 letters, digits, '-', '_' or '.', "
                     "starting and ending with a letter or digit"
@@ -221,7 +221,7 @@ class ClusterConfig(refs.ReferencingParent, Block):
                     f"tags: key {key!r} is reserved: keys starting with {_RESERVED_TAG_PREFIX!r} identify "
                     "the cluster for `prefect-dockerparallel clusters cleanup`"
                 )
-            if not _TAG_VALUE_RE.match(val):
+            if not _TAG_VALUE_RE.fullmatch(val):
                 raise ValueError(
                     f"tags: value {val!r} of {key!r} is invalid: use at most 63 letters, digits, '-', '_' "
                     "or '.', starting and ending with a letter or digit"

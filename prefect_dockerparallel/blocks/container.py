@@ -117,7 +117,7 @@ class WorkerContainer(SelfReferencing, Block):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _ENV_NAME_RE.match(name):
+            if not _ENV_NAME_RE.fullmatch(name):
                 raise ValueError(f"env: {name!r} is not a valid environment variable name")
             if name.upper().startswith(_RESERVED_ENV_PREFIX):
                 raise ValueError(
@@ -132,7 +132,7 @@ class WorkerContainer(SelfReferencing, Block):
         if value is None or not value.strip():
             return None
         value = value.strip()
-        if not _SSH_KEY_RE.match(value):
+        if not _SSH_KEY_RE.fullmatch(value):
             raise ValueError(
                 "ssh_public_key: expected one OpenSSH public key line such as 'ssh-ed25519 AAAA... me@host' "
                 "(paste the .pub file, never the private key)"

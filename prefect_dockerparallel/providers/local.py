@@ -23,7 +23,7 @@ import redis
 
 from ..protocol.queue import connect
 from ..container.server import find_redis_server
-from ..specs import ENTRYPOINT_MODULES, ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
+from ..specs import ENTRYPOINT_MODULES, validate_cluster_name, ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
 from .base import Provider, ProviderError, server_env, worker_env
 from .local_state import identity, is_ours, open_log, read_state, state_dir, write_state
 
@@ -82,7 +82,7 @@ class LocalDriver(Provider):
 
     # -- state file ------------------------------------------------------------------------
     def _state_path(self, name: str) -> Path:
-        return state_dir() / f"{name}.json"
+        return state_dir() / f"{validate_cluster_name(name)}.json"
 
     def _log_path(self, name: str) -> Path:
         return state_dir() / f"{name}.log"

@@ -55,9 +55,9 @@ def validate_labels(labels: dict[str, str]) -> None:
     """Kubernetes rejects bad labels only at create time; fail before anything exists."""
     for key, value in labels.items():
         prefix, _, name = key.rpartition("/")
-        if len(name) > 63 or not _LABEL_KEY_NAME.match(name) or len(prefix) > 253:
+        if len(name) > 63 or not _LABEL_KEY_NAME.fullmatch(name) or len(prefix) > 253:
             raise ValueError(f"tag key {key!r} is not a valid Kubernetes label key")
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             raise ValueError(
                 f"tag {key}={value!r} is not a valid Kubernetes label value: use at most 63 "
                 "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
