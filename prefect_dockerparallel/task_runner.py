@@ -19,7 +19,8 @@ from prefect.utilities.collections import visit_collection
 
 from .container import link as runtime
 from .runner.nested import warn_if_nested_submit_would_deadlock
-from .runner.futures import DockerParallelFuture, ResultListener, state_converter
+from .runner.api_states import ApiStateReporter, current_flow_run_id
+from .runner.futures import Converter, DockerParallelFuture, ResultListener, state_converter
 from .protocol import Signer, TaskQueue
 from .protocol.blobs import BlobStore
 from .runner.submission import PayloadBuilder
@@ -148,7 +149,7 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
             warn_if_nested_submit_would_deadlock(link, getattr(task, "name", repr(task)))
         task_run_id = uuid.uuid4()
         ident = session.builder.ident(task_run_id)
-        wrapped = session.listener.register(ident, state_converter)
+        wrapped = session.listener.register(ident, session.converter(task, task_run_id))
         future = DockerParallelFuture(task_run_id=task_run_id, wrapped_future=wrapped)
         upstream = _upstream_futures(parameters, wait_for)
         dispatch = _Dispatch(session, ident, task, task_run_id, parameters, wait_for, dependencies)
@@ -268,7 +269,21 @@ class _Session:
         self.listener: ResultListener = cluster.listener if cluster else ResultListener(queue, signer)
         blobs = cluster.blobs if cluster else BlobStore(queue, signer)
         self.builder = PayloadBuilder(queue, signer, blobs, self.listener.listener_id)
+        self.reporter = ApiStateReporter()
         self.progress: Any = None
+
+    def converter(self, task: Any, task_run_id: uuid.UUID) -> Converter:
+        """The outcome-to-State converter of one task run; a state decided here rather than by the
+        worker's engine (lost, undecodable, not submitted, unpicklable result) goes to the API too."""
+        reporter, flow_run_id = self.reporter, current_flow_run_id()
+
+        def convert(status: str, value: Any) -> tuple[bool, Any]:
+            ok, state = state_converter(status, value)
+            if status != "ok" or decided_off_engine(state):
+                reporter.report(task, task_run_id, flow_run_id, state)
+            return ok, state
+
+        return convert
 
     @classmethod
     def on_worker(cls, link: runtime.WorkerLink) -> "_Session":
@@ -291,9 +306,20 @@ class _Session:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
-        if self.cluster is not None:
-            from .runner.config import finish_cluster
+        try:
+            if self.cluster is not None:
+                from .runner.config import finish_cluster
 
-            finish_cluster(self.cluster)
-        else:  # nested runner on a worker: its own listener, the worker's queue
-            self.listener.close()
+                finish_cluster(self.cluster)
+            else:  # nested runner on a worker: its own listener, the worker's queue
+                self.listener.close()
+        finally:
+            self.reporter.close()  # the states of tasks the stop failed reach the API too
+
+
+def decided_off_engine(state: Any) -> bool:
+    """A Failed state the worker made after its engine had reported the run (the result could not
+    be pickled): the API still shows what the engine reported."""
+    from .container.engine import ResultNotSerializable
+
+    return isinstance(getattr(state, "data", None), ResultNotSerializable)

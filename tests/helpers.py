@@ -76,6 +76,50 @@ class RedisServer:
             self.proc.wait()
 
 
+def kill_a_busy_worker(cluster) -> str:
+    """SIGKILL the worker process that holds a claimed task; returns its worker id."""
+    import signal
+
+    queue = cluster.queue
+
+    def busy_worker():
+        for wid in queue.redis.smembers(queue.keys.workers):
+            wid = wid.decode()
+            if queue.redis.llen(queue.keys.processing(wid)) > 0:
+                return wid
+        return None
+
+    worker_id = wait_until(busy_worker, 60)
+    assert worker_id, "no worker ever claimed a task"
+    os.kill(int(worker_id.split("-")[-2]), signal.SIGKILL)
+    return worker_id
+
+
+def api_state_type(task_run_id, expected, timeout: float = 30.0):
+    """The task run's state type in the Prefect API once it is `expected` (or at the deadline);
+    None while the API has no such run."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+
+        def read():
+            try:
+                run = client.read_task_run(task_run_id)
+            except ObjectNotFound:
+                return None
+            return run.state.type if run.state else None
+
+        seen = {"last": None}
+
+        def matches():
+            seen["last"] = read()
+            return seen["last"] == expected
+
+        wait_until(matches, timeout, interval=0.2)
+        return seen["last"]
+
+
 def kill_all(driver, cluster: str | None) -> None:
     """Test cleanup: the driver subprocess and every process of its cluster, whatever happened."""
     if driver.poll() is None:

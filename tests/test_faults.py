@@ -13,7 +13,7 @@ import pytest
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
-from helpers import cluster_processes, kill_all, wait_until
+from helpers import cluster_processes, kill_a_busy_worker, kill_all, wait_until
 from prefect_dockerparallel import DockerParallelTaskRunner
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
@@ -29,22 +29,7 @@ def _current_cluster():
     return FlowRunContext.get().task_runner.docker_cluster
 
 
-def _kill_a_busy_worker(cluster) -> str:
-    """SIGKILL the worker process that holds a claimed task; returns its worker id."""
-    queue = cluster.queue
-
-    def busy_worker():
-        for wid in queue.redis.smembers(queue.keys.workers):
-            wid = wid.decode()
-            if queue.redis.llen(queue.keys.processing(wid)) > 0:
-                return wid
-        return None
-
-    worker_id = wait_until(busy_worker, 60)
-    assert worker_id, "no worker ever claimed a task"
-    pid = int(worker_id.split("-")[-2])
-    os.kill(pid, signal.SIGKILL)
-    return worker_id
+_kill_a_busy_worker = kill_a_busy_worker
 
 
 def test_worker_sigkilled_mid_task_is_recovered():
