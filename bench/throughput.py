@@ -63,11 +63,15 @@ def make_runner(kind: str, workers: int):
 
 
 def run_one(kind: str, n: int, workers: int, profile: str | None = None) -> dict:
-    from prefect import flow, task
+    return run_one_with(make_runner(kind, workers), kind, n, profile)
+
+
+def run_one_with(runner, kind: str, n: int, profile: str | None = None) -> dict:
+    """One flow run on `runner`: a warm-up task (the cold start), then a map of N no-op tasks."""
+    from prefect import flow
 
     from _bench_tasks import noop
 
-    runner = make_runner(kind, workers)
     marks: dict[str, float] = {}
 
     # Time the runner's own __enter__ (Dask starts its LocalCluster there, ours provisions lazily).
