@@ -103,6 +103,8 @@ class DockerCluster:
         self.blobs: BlobStore | None = None
         self.listener: ResultListener | None = None
         self.extra_meta: dict[str, str] = {}
+        self.shipment: Any = None  # what the last publish of worker code sent (shipping.Shipment)
+        self._prepared: Any = None
         self.started_at: float | None = None
         self._beat_stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -129,6 +131,7 @@ class DockerCluster:
         with self._lock:
             if self.queue is not None:
                 return
+            self._prepare_shipping()  # a project too large to ship fails before anything starts
             self.secrets = ClusterSecrets.generate()
             self.started_at = time.monotonic()
             log.info("starting Redis server of cluster %s on %s", self.name, self.driver.kind)
@@ -143,12 +146,28 @@ class DockerCluster:
         self.blobs = BlobStore(self.queue, self.signer)
         self.queue.beat_driver(self.spec.idle_timeout)
         self.queue.publish_meta({**versions(), **self.extra_meta})
+        self._ship()
         self.listener = ResultListener(self.queue, self.signer)
         self._beat_stop.clear()
         self._beat = threading.Thread(target=self._heartbeat_loop, name="dp-driver-heartbeat", daemon=True)
         self._beat.start()
         if self.stop_on_exit and self._finalizer is None:
             self._finalizer = weakref.finalize(self, DockerCluster._stop_quietly, self.driver, self.spec)
+
+    def _prepare_shipping(self) -> None:
+        """Build the archives the workers' bootstrap fetches (remote providers only: local
+        workers share this machine's files)."""
+        if self.driver.is_remote and self._prepared is None:
+            from .shipping import prepare
+
+            self._prepared = prepare(self.spec.container)
+
+    def _ship(self) -> None:
+        self._prepare_shipping()
+        if self._prepared is not None and self.queue is not None and self.secrets is not None:
+            from .shipping import ship
+
+            self.shipment = ship(self.queue.redis, self.name, self.secrets.signing_key, self._prepared)
 
     def is_server_running(self) -> bool:
         return self.driver.server_handle(self.spec) is not None

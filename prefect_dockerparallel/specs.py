@@ -6,12 +6,31 @@ Secrets live in `ClusterSecrets`, whose repr never shows them.
 
 from __future__ import annotations
 
+import ast
+import base64
 import math
 import re
 import secrets
+import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-DEFAULT_IMAGE = "prefecthq/prefect:3-python3.11"
+
+def official_prefect_image(prefect_version: str | None = None, python: str | None = None) -> str:
+    """The official Prefect image for these (default: this process's) Prefect and Python
+    versions, as `prefect.utilities.dockerutils.get_prefect_image_name()` names it, without
+    importing Prefect (providers use specs). A local build (`3.9.1+g...`) maps to its release."""
+    import importlib.metadata
+    import sys
+
+    version = prefect_version or importlib.metadata.version("prefect")
+    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"prefecthq/prefect:{version.split('+')[0]}-python{python}"
+
+
+# Workers refuse any other Python / Prefect / cloudpickle than the driver's: the default follows it.
+DEFAULT_IMAGE = official_prefect_image()
 # Seed feature: SSH into a worker to debug it. Logs go to stdout (CloudWatch / pod logs).
 SSHD_STEP = (
     "mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh"
@@ -85,9 +104,19 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     ssh_public_key: str | None = None
     # Pip requirement that installs this package inside a stock image; None when the image has it.
+    # Workers use it only with ship_package=False; the server container still does.
     install_self: str | None = "prefect-dockerparallel"
+    # Zero-build workers: the command is the stdlib bootstrap, which fetches this package (unless
+    # the image has the same sources) and the user's code from the cluster's Redis (shipping/).
+    ship_package: bool = True
+    ship_code: bool = True  # detect the flow's own modules (outside site-packages and the stdlib)
+    code_paths: tuple[str, ...] = ()  # folders / .py files shipped too, importable by their names
+    max_code_mb: float = 100.0
+    server_image: str | None = None  # the server container's image; None: `image`
 
     def __post_init__(self) -> None:
+        if self.max_code_mb <= 0:
+            raise ValueError(f"max_code_mb={self.max_code_mb} is invalid: it must be a positive number of MB")
         for req in self.pip_packages:
             check_pip_requirement("pip_packages", req)
         if self.install_self:
@@ -115,7 +144,8 @@ class ContainerSpec:
         if self.ssh_public_key and is_worker:
             # the key comes from the environment (DOCKERPARALLEL_SSH_PUBLIC_KEY), never the script
             steps.append(SSHD_STEP)
-        pip = [self.install_self] if self.install_self else []
+        shipping = is_worker and self.ship_package  # the bootstrap brings the package itself
+        pip = [self.install_self] if self.install_self and not shipping else []
         if is_worker:
             pip += list(self.pip_packages)
         elif pip and "[" not in pip[0]:
@@ -123,8 +153,27 @@ class ContainerSpec:
             pip[0] += "[local]"
         if pip:
             steps.append("pip install -q -- " + " ".join(_shell_word(p) for p in pip))
+        if shipping:
+            steps.append(bootstrap_command())
+            return " && ".join(steps)
         steps.append(f"exec python -m {ENTRYPOINT_MODULES[entrypoint]}")
         return " && ".join(steps)
+
+
+@lru_cache(maxsize=1)
+def bootstrap_command() -> str:
+    """`exec python -c ...` running container/bootstrap.py, sent inline (docstrings and comments
+    stripped, compressed): the image needs nothing of this package. The source holds no secret."""
+    source = (Path(__file__).parent / "container" / "bootstrap.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+            getattr(body[0], "value", None), ast.Constant
+        ) and isinstance(body[0].value.value, str):
+            body[:] = body[1:] or [ast.Pass()]
+    packed = base64.b64encode(zlib.compress(ast.unparse(tree).encode(), 9)).decode()
+    return f"exec python -c 'import base64,zlib;exec(zlib.decompress(base64.b64decode(\"{packed}\")))'"
 
 
 def _shell_word(word: str) -> str:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from prefect_server import PrefectServer, start_server, stop_server
+from prefect_dockerparallel.specs import DEFAULT_IMAGE
 
 CHROMIUM = os.environ.get("DOCKERPARALLEL_CHROMIUM", "/usr/bin/chromium")
 # Flags that keep chromium from dialling out: on a closed network its connections stall.
@@ -361,7 +362,7 @@ def test_every_saved_example_shows_completely_and_survives_unchanged_saves(
         if ui_name == "vue":  # the Vue detail page names the referenced blocks
             assert f"{name}-provider" in shown and f"{name}-container" in shown, shown
         else:  # the React one lists their values
-            assert SHOWN_VALUE[name] in shown and "prefecthq/prefect:3-python3.11" in shown, shown
+            assert SHOWN_VALUE[name] in shown and DEFAULT_IMAGE in shown, shown
         assert "Provider\nNone" not in shown and "WorkerContainer\nNone" not in shown
         _save_unchanged(ui, document_id)
         document = _document(api_settings, document_id)

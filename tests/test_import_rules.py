@@ -46,6 +46,8 @@ RULES: dict[str, tuple[str, ...]] = {
     "prefect_dockerparallel.container": (*CLOUD_SDKS, OURS + "blocks", OURS + "runner", OURS + "providers"),
     "prefect_dockerparallel.container.worker": ("prefect",),
     "prefect_dockerparallel.container.server": ("prefect",),
+    "prefect_dockerparallel.container.bootstrap": ("prefect", "redis", "cloudpickle", OURS + "protocol"),
+    "prefect_dockerparallel.shipping": (*CLOUD_SDKS, "prefect", OURS + "blocks", OURS + "runner", OURS + "providers"),
     "prefect_dockerparallel.blocks": CLOUD_SDKS,
     "prefect_dockerparallel.runner": CLOUD_SDKS,
     "prefect_dockerparallel.task_runner": CLOUD_SDKS,

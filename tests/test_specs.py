@@ -9,8 +9,15 @@ from prefect_dockerparallel.specs import ClusterSpec, ContainerSpec
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop"
 
 
-def test_worker_script_installs_packages_then_execs_the_entrypoint():
+def test_worker_script_installs_packages_then_execs_the_bootstrap():
     script = ContainerSpec(pip_packages=("numpy==2.1",), system_packages=("git",)).startup_script("worker")
+    assert script.index("apt-get install -y -qq -- 'git'") < script.index("pip install -q -- 'numpy==2.1' && exec python -c ")
+    assert "prefect-dockerparallel" not in script  # the package ships through Redis
+
+
+def test_worker_script_without_shipping_installs_the_package_then_execs_the_entrypoint():
+    spec = ContainerSpec(pip_packages=("numpy==2.1",), system_packages=("git",), ship_package=False)
+    script = spec.startup_script("worker")
     assert script.index("apt-get install -y -qq -- 'git'") < script.index("pip install -q -- 'prefect-dockerparallel' 'numpy==2.1'")
     assert script.endswith("exec python -m prefect_dockerparallel.container.worker")
 

@@ -81,9 +81,38 @@ class WorkerContainer(SelfReferencing, Block):
         default="prefect-dockerparallel",
         title="Install prefect-dockerparallel",
         description=(
-            'pip requirement that installs prefect-dockerparallel when a container starts; "none" (from '
-            "code: None) when the image already has the package."
+            'pip requirement that installs prefect-dockerparallel when a container starts, for the server '
+            'container and for workers with Ship Package off; "none" (from code: None) when the image already has the package.'
         ),
+    )
+    ship_package: bool = Field(
+        default=True,
+        title="Ship Package",
+        description=(
+            "Workers start with a standard-library bootstrap that fetches prefect-dockerparallel (and your "
+            "code) from the cluster's Redis as a signed archive: any image with the flow's Python and Prefect "
+            "works, with no build and no PyPI. An image that has the same package sources skips the fetch."
+        ),
+    )
+    ship_code: bool = Field(
+        default=True,
+        title="Ship My Code",
+        description=(
+            "Ship the modules your flow imports from outside site-packages and the standard library "
+            "(the project folder, editable installs) to the workers."
+        ),
+    )
+    code_paths: list[str] = Field(
+        default_factory=list,
+        title="Code Paths",
+        description=(
+            'Folders or .py files shipped to the workers too, importable by their own names, one per item (JSON list), e.g. ["src/mypkg", "tools.py"] '
+            "(relative to the flow runner's working directory)."
+        ),
+        examples=[["src/mypkg"]],
+    )
+    max_code_mb: float = Field(
+        default=100, gt=0, title="Max Code (MB)", description="Cap on the size of the code shipped to the workers."
     )
 
     @field_validator("image")
@@ -180,4 +209,8 @@ class WorkerContainer(SelfReferencing, Block):
             env=tuple(sorted(self.env.items())),
             ssh_public_key=self.ssh_public_key,
             install_self=self.install_self or None,
+            ship_package=self.ship_package,
+            ship_code=self.ship_code,
+            code_paths=tuple(self.code_paths),
+            max_code_mb=self.max_code_mb,
         )

@@ -13,6 +13,7 @@ from typing import Any
 import cloudpickle
 
 from ..protocol.queue import versions
+from ..specs import official_prefect_image
 
 log = logging.getLogger("prefect_dockerparallel.worker")
 
@@ -35,7 +36,12 @@ def check_versions(driver_meta: dict[str, str]) -> str | None:
         for name in ("python", "cloudpickle", "prefect")
         if name in driver_meta and driver_meta[name] != mine[name]
     ]
-    return "; ".join(problems) or None
+    if not problems:
+        return None
+    if "prefect" in driver_meta and "python" in driver_meta:
+        image = official_prefect_image(driver_meta["prefect"], driver_meta["python"])
+        problems.append(f"use the image {image} (the default), or one with the driver's versions")
+    return "; ".join(problems)
 
 
 def _reduce_annotation(annotation: Any) -> tuple[Any, tuple[Any]]:

@@ -34,6 +34,8 @@ ENV_SLOTS = "DOCKERPARALLEL_SLOTS"
 ENV_IDLE_TIMEOUT = "DOCKERPARALLEL_IDLE_TIMEOUT"
 ENV_WORKER_ID = "DOCKERPARALLEL_WORKER_ID"
 ENV_SSH_PUBLIC_KEY = "DOCKERPARALLEL_SSH_PUBLIC_KEY"
+# Set by the bootstrap for the worker: which archives it fetched from Redis ("none": the image had them).
+ENV_SHIPPED = "DOCKERPARALLEL_SHIPPED"
 # A 0600 JSON file of secret variables (container.secrets_file), for engines whose API would show
 # the environment (`docker inspect`): the entrypoints load it into their own environment first.
 ENV_SECRETS_FILE = "DOCKERPARALLEL_SECRETS_FILE"
@@ -109,6 +111,15 @@ class Keys:
     def blob(self, digest: str) -> str:
         """Content-addressed payload part (large arguments, task objects, contexts)."""
         return self.prefix + "blob:" + digest
+
+    def code(self, digest: str) -> str:
+        """Signed zip of code for the workers' bootstrap (the package, a dependency, user code)."""
+        return self.prefix + "code:" + digest
+
+    @property
+    def code_manifest(self) -> str:
+        """Signed list of the code archives a joining worker fetches (`protocol/archives.py`)."""
+        return self.prefix + "code-manifest"
 
 
 def make_ident(kind: str, task_id: str, listener: str) -> str:

@@ -120,7 +120,7 @@ class DockerDriver(Provider):
             handle = self._handle_of(spec, existing)
             if handle:
                 return handle
-        self._ensure_image(spec.container.image)
+        self._ensure_image(spec.container.server_image or spec.container.image)
         created = provision.ensure_network(self.client, spec)
         try:
             if existing:

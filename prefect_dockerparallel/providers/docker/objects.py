@@ -140,8 +140,9 @@ def _command(container: ContainerSpec, entrypoint: str) -> list[str]:
 
 
 def server_container(spec: ClusterSpec, env: dict[str, str], publish_address: str) -> dict[str, Any]:
-    """`containers.create` arguments of the server; it reuses the worker image (one pull)."""
-    server = ContainerSpec(image=spec.container.image, install_self=spec.container.install_self)
+    """`containers.create` arguments of the server; it reuses the worker image (one pull) unless
+    the container names a `server_image`."""
+    server = ContainerSpec(image=spec.container.server_image or spec.container.image, install_self=spec.container.install_self)
     return {
         "image": server.image,
         "command": _command(server, "server"),

@@ -1,0 +1,166 @@
+"""Zero-build workers in real containers (DockerProvider): the worker image is the `prefect`
+stand-in (Prefect, no prefect-dockerparallel); the bootstrap fetches the package and the user's
+code from the cluster's Redis. The server runs on the dev image (its stock-Redis form is another
+change). A baked image skips the fetch; a version mismatch names the image to use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from containers import OWNER_LABEL, docker_engine, docker_tracker, image_of, test_images  # noqa: F401
+from docker_support import container_api, dev_worker_image, ship_by_value  # noqa: F401
+from helpers import wait_until
+
+from prefect_dockerparallel import DockerCluster, DockerProvider
+from prefect_dockerparallel.protocol import keys as K
+from prefect_dockerparallel.specs import ContainerSpec
+
+ship_by_value(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def whence() -> dict[str, str]:
+    import prefect_dockerparallel
+
+    return {"package": prefect_dockerparallel.__file__, "shipped": os.environ.get(K.ENV_SHIPPED, "")}
+
+
+def _cluster(tracker, image: str, server_image: str, **container) -> DockerCluster:
+    spec = ContainerSpec(image=image, server_image=server_image, workers_per_container=1, **container)
+    return DockerCluster(
+        provider=DockerProvider(start_timeout=60, pull="never"), container=spec, workers=1, idle_timeout=30,
+        worker_cpu=1024, worker_memory=512, tags={OWNER_LABEL: tracker.owner},
+    )
+
+
+def test_stock_prefect_image_gets_the_package_from_redis(docker_tracker, test_images, dev_worker_image):
+    cluster = _cluster(docker_tracker, image_of(test_images, "prefect"), dev_worker_image, ship_code=False)
+    try:
+        t0 = time.monotonic()
+        cluster.start()
+        assert cluster.shipment.uploaded and "prefect_dockerparallel" in cluster.shipment.uploaded
+        assert wait_until(lambda: cluster.worker_numbers().running == 1, 120), cluster.logs()
+        print(f"\nstock image + self-shipping: start -> worker joined in {time.monotonic() - t0:.1f} s; "
+              f"shipped {cluster.shipment.bytes_uploaded} bytes")
+        with cluster.executor() as ex:
+            got = ex.submit(whence).result(timeout=60)
+        assert got["package"].startswith("/tmp/dp-ship-"), got
+        assert got["shipped"].startswith("prefect_dockerparallel="), got
+        logs = cluster.logs()
+        assert "bootstrap fetched prefect_dockerparallel" in logs and "from Redis" in logs and "verified; not in the image" in logs
+        assert "pip install" not in logs
+        # another driver attaching to the running cluster finds the archives there: nothing uploaded
+        again = DockerCluster(provider=cluster.driver, container=cluster.spec.container, name=cluster.name,
+                              stop_on_exit=False).reconnect()
+        try:
+            assert again.shipment.bytes_uploaded == 0 and "prefect_dockerparallel" in again.shipment.present
+        finally:
+            again.disconnect()
+    finally:
+        cluster.stop()
+
+
+def test_baked_image_skips_the_fetch(docker_tracker, dev_worker_image):
+    cluster = _cluster(docker_tracker, dev_worker_image, dev_worker_image, ship_code=False)
+    try:
+        t0 = time.monotonic()
+        cluster.start()
+        assert wait_until(lambda: cluster.worker_numbers().running == 1, 120), cluster.logs()
+        print(f"\nbaked image: start -> worker joined in {time.monotonic() - t0:.1f} s")
+        with cluster.executor() as ex:
+            got = ex.submit(whence).result(timeout=60)
+        assert not got["package"].startswith("/tmp/dp-ship-") and got["shipped"] == "none", got
+        assert "with the driver's sources: nothing fetched" in cluster.logs()
+    finally:
+        cluster.stop()
+
+
+def test_version_mismatch_names_both_versions_and_the_image(docker_tracker, test_images, dev_worker_image):
+    cluster = _cluster(docker_tracker, image_of(test_images, "prefect"), dev_worker_image, ship_code=False)
+    cluster.extra_meta["prefect"] = "3.8.0"  # as a driver on Prefect 3.8.0 would publish
+    try:
+        cluster.start()
+        errors = wait_until(lambda: cluster.queue.redis.lrange(cluster.queue.keys.errors, 0, -1), 120)
+        message = errors[0].decode()
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        assert "prefect: driver 3.8.0, worker 3.9.1" in message, message
+        assert f"use the image prefecthq/prefect:3.8.0-python{py}" in message, message
+    finally:
+        cluster.stop()
+
+
+FLOW = """\
+import json, os, sys
+from prefect import flow, task
+from prefect.context import FlowRunContext
+from prefect_dockerparallel import DockerParallelTaskRunner, DockerProvider
+from prefect_dockerparallel.specs import ContainerSpec
+
+import helpers
+from mylib import scale
+
+@task
+def work(x):
+    import helpers, mylib.extra
+    return {"value": helpers.triple(x) + mylib.extra.OFFSET, "helpers": helpers.__file__,
+            "shipped": os.environ.get("DOCKERPARALLEL_SHIPPED")}
+
+runner = DockerParallelTaskRunner(
+    provider=DockerProvider(start_timeout=60, pull="never"),
+    container=ContainerSpec(image=sys.argv[1], server_image=sys.argv[2], workers_per_container=2),
+    workers=2, worker_memory=512, idle_timeout=30, tags={"dp-test-owner": sys.argv[3]})
+
+@flow(task_runner=runner)
+def shipped_flow(n: int = 4):
+    results = [f.result() for f in work.map(range(n))]
+    shipment = FlowRunContext.get().task_runner.docker_cluster.shipment
+    return results, shipment.uploaded, shipment.manifest["code"]
+
+if __name__ == "__main__":
+    results, uploaded, code = shipped_flow()
+    print("RESULT " + json.dumps({"results": results, "uploaded": uploaded, "code": code}))
+"""
+
+
+def _project(root: Path) -> Path:
+    project = root / "project"
+    (project / "mylib").mkdir(parents=True)
+    (project / "flow.py").write_text(FLOW)
+    (project / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    (project / "mylib" / "__init__.py").write_text("from .core import scale\n")
+    (project / "mylib" / "core.py").write_text("def scale(x):\n    return x\n")
+    (project / "mylib" / "extra.py").write_text("OFFSET = 100\n")  # imported only inside the task
+    return project
+
+
+def _run_flow(project: Path, cwd: Path, args: list[str], api_url: str) -> dict:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, str(project / "flow.py"), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=300)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-5000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_python_flow_py_from_elsewhere_ships_the_users_code(docker_tracker, test_images, dev_worker_image,
+                                                             container_api, tmp_path):
+    project = _project(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args = [image_of(test_images, "prefect"), dev_worker_image, docker_tracker.owner]
+    first = _run_flow(project, elsewhere, args, container_api.api_url)
+    assert [r["value"] for r in first["results"]] == [100, 103, 106, 109]
+    assert all(r["helpers"].startswith("/tmp/dp-ship-") for r in first["results"]), first
+    assert all("user-code=" in r["shipped"] and "prefect_dockerparallel=" in r["shipped"] for r in first["results"])
+    assert first["code"]["roots"] == ["helpers.py", "mylib"] and first["code"]["files"] == 4
+    print(f"\nfirst run uploaded {first['uploaded']}")
+    # A second run gets a new cluster and so a fresh Redis: the same archives (same digests)
+    # are uploaded again; what is skipped is an upload to a cluster that already holds them.
+    second = _run_flow(project, elsewhere, args, container_api.api_url)
+    assert second["code"]["digest"] == first["code"]["digest"] and second["uploaded"] == first["uploaded"]
