@@ -223,6 +223,7 @@ def unpack(client: Resp, cluster: str, key: bytes, entry: dict, dest: str) -> in
 
 
 def main() -> int:
+    started = time.monotonic()
     env = dict(os.environ)
     log = lambda msg: print(f"bootstrap {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
@@ -251,6 +252,7 @@ def main() -> int:
         log(f"failed: {type(exc).__name__}: {exc}")
         return EXIT_UNREACHABLE
     os.environ[ENV["shipped"]] = ",".join(shipped) or "none"
+    log(f"starting the worker ({time.monotonic() - started:.2f} s in the bootstrap)")
     os.execv(sys.executable, [sys.executable, "-m", WORKER_MODULE])
     return 0  # not reached
 
