@@ -26,6 +26,7 @@ from .specs import ClusterSecrets, ClusterSpec, ContainerSpec, ServerHandle, Wor
 log = logging.getLogger("prefect_dockerparallel.cluster")
 
 LOCAL_CONTAINER = ContainerSpec(workers_per_container=1, install_self=None)
+STOPPED = "the cluster stopped before the task finished"
 
 
 def as_driver(provider: Any) -> Provider:
@@ -192,11 +193,19 @@ class DockerCluster:
         self._shutdown_channel()
         self.driver.stop_server(self.spec)
 
-    def stop(self) -> None:
-        """Remove every process, container and Redis key of the cluster."""
+    def stop(self, pending: tuple[str, str] = ("lost", STOPPED)) -> None:
+        """Remove every process, container and Redis key of the cluster.
+
+        Futures still pending are resolved with `pending` (status, message) only once the workers
+        are gone, so that no engine can report a later state over the one the driver decided."""
         with self._lock:
-            self._shutdown_channel()
-            self.driver.stop(self.spec)
+            listener = self.listener
+            self._shutdown_channel(fail_pending=False)
+            try:
+                self.driver.stop(self.spec)
+            finally:
+                if listener is not None:
+                    listener.fail_all(pending[1], status=pending[0])
             if self._finalizer:
                 self._finalizer.detach()
                 self._finalizer = None
@@ -209,17 +218,17 @@ class DockerCluster:
             self.queue.redis.close()
             self.queue = None
 
-    def _stop_threads(self) -> None:
+    def _stop_threads(self, fail_pending: bool = True) -> None:
         self._beat_stop.set()
         if self._beat:
             self._beat.join(timeout=10)
             self._beat = None
         if self.listener:
-            self.listener.close()
+            self.listener.close(STOPPED if fail_pending else None)
             self.listener = None
 
-    def _shutdown_channel(self) -> None:
-        self._stop_threads()
+    def _shutdown_channel(self, fail_pending: bool = True) -> None:
+        self._stop_threads(fail_pending)
         if self.queue:
             try:
                 self.queue.mark_stopping()

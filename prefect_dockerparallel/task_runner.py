@@ -8,6 +8,7 @@ its configuration only (block names, no secrets, no provider objects).
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from typing import Any, Iterable
@@ -39,6 +40,7 @@ _CONFIG_FIELDS = (
     "tags",
 )
 PROVIDER_KINDS = ("local", "docker", "ecs", "aks")
+log = logging.getLogger("prefect_dockerparallel.task_runner")
 
 
 class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
@@ -105,7 +107,7 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         session, self._session = self._session, None
         try:
             if session is not None:
-                session.close()
+                session.close(graceful=exc_type is None)
         finally:
             super().__exit__(exc_type, exc_value, traceback)
 
@@ -247,6 +249,9 @@ class _Dispatch:
             future.add_done_callback(on_done)
 
     def run(self, raise_errors: bool, deferred: bool = False) -> None:
+        if self.session.closing:  # the flow run returned before this task could start
+            self.session.listener.resolve(self.ident, "cancelled", NOT_STARTED)
+            return
         try:
             parameters = _futures_to_states(self.parameters) if deferred else self.parameters
             wait_for = _futures_to_states(list(self.wait_for)) if self.wait_for else None
@@ -271,6 +276,8 @@ class _Session:
         self.builder = PayloadBuilder(queue, signer, blobs, self.listener.listener_id)
         self.reporter = ApiStateReporter()
         self.progress: Any = None
+        self.closing = False
+        self.flow_run = _current_flow_run()  # its state tells a normal return from a failure
 
     def converter(self, task: Any, task_run_id: uuid.UUID) -> Converter:
         """The outcome-to-State converter of one task run; a state decided here rather than by the
@@ -303,18 +310,69 @@ class _Session:
         session.progress = ProvisioningProgress(cluster.name, cluster.worker_numbers, logger=logger).start()
         return session
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
+        """On a normal return, as ThreadPoolTaskRunner's `shutdown(cancel_futures=True)`: tasks not
+        started yet end Cancelled, running ones finish. After a timeout, an exception or a
+        cancellation of the flow run: stop at once, pending tasks end Cancelled."""
         if self.progress is not None:
             self.progress.stop()
         try:
-            if self.cluster is not None:
-                from .runner.config import finish_cluster
-
-                finish_cluster(self.cluster)
-            else:  # nested runner on a worker: its own listener, the worker's queue
+            if self.cluster is None:  # nested runner on a worker: its own listener, the worker's queue
                 self.listener.close()
+                return
+            from .runner.config import finish_cluster
+
+            ended = flow_run_ending(self.flow_run) if graceful else "interrupted"
+            if ended is None:
+                if self.drain():
+                    finish_cluster(self.cluster)
+                    return
+                ended = "its Redis server did not answer"
+            finish_cluster(self.cluster, pending=("cancelled", f"{STOPPED_EARLY} ({ended})"))
         finally:
-            self.reporter.close()  # the states of tasks the stop failed reach the API too
+            self.reporter.close()  # the states of tasks the stop decided reach the API too
+
+    def drain(self) -> bool:
+        """Cancel what no worker has claimed, then wait for what is running (nested children of
+        running tasks still run: their parents wait for them). False if Redis does not answer."""
+        self.closing = True
+        from .protocol.envelope import peek_ident
+
+        try:
+            withdrawn = self.queue.withdraw(self.listener.listener_id)
+        except Exception as exc:  # noqa: BLE001 - the server is gone: the listener fails the rest
+            log.warning("could not take back the tasks that had not started: %s", exc)
+            return False
+        for raw in withdrawn:
+            ident = peek_ident(raw)
+            if ident:
+                self.listener.resolve(ident, "cancelled", NOT_STARTED)
+        self.listener.wait_idle()
+        return True
+
+
+NOT_STARTED = "the flow run returned before this task started (as ThreadPoolTaskRunner, it was cancelled)"
+STOPPED_EARLY = "the flow run ended before this task finished and its cluster was stopped"
+
+
+def _current_flow_run() -> Any:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return getattr(ctx, "flow_run", None) if ctx else None
+
+
+def flow_run_ending(flow_run: Any) -> str | None:
+    """None when the flow function returned normally (its run is Completed, or Failed by what it
+    returned); else how it ended: the state name of a timeout, crash, cancellation, an exception."""
+    state = getattr(flow_run, "state", None)
+    if state is None or state.is_completed():
+        return None
+    if state.is_failed() and state.name == "Failed" and not (state.message or "").startswith(
+        "Flow run encountered an exception"
+    ):
+        return None  # it returned failed futures or states: a normal return
+    return state.name or str(state.type)
 
 
 def decided_off_engine(state: Any) -> bool:

@@ -141,6 +141,18 @@ def test_release_gives_claims_back(queue):
     assert queue.pending() == 1
 
 
+def test_withdraw_takes_back_only_one_listeners_unclaimed_envelopes_in_order(queue):
+    signer = Signer(KEY)
+    envs = [signer.dumps(KIND_TASK, make_ident("P", f"t{i}", "L1" if i % 2 else "L2"), i) for i in range(6)]
+    queue.enqueue(envs)
+    claimed = queue.claim("w", 1)  # t0 (L2): claimed, stays with its worker
+    taken = queue.withdraw("L1")
+    assert sorted(taken) == sorted(envs[1::2])
+    assert queue.withdraw("L1") == []
+    assert [queue.claim("w", 1) for _ in range(2)] == [envs[2], envs[4]]  # L2's, in claim order
+    assert claimed == envs[0] and queue.pending() == 0
+
+
 def test_purge_removes_every_key(queue):
     queue.enqueue([b"x"])
     queue.beat_driver(10)

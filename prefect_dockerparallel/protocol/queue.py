@@ -58,6 +58,24 @@ end
 return out
 """
 
+# Take back the envelopes of one listener that no worker has claimed yet, keeping the others in
+# order (one pass: the list is rebuilt, not LREMed per item). KEYS[1]=tasks; ARGV[1]='@'..listener.
+_WITHDRAW_LUA = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local taken, kept = {}, {}
+local n = #ARGV[1]
+for _, item in ipairs(items) do
+  local idlen = string.byte(item, 6) or 0
+  local ident = string.sub(item, 7, 6 + idlen)
+  if string.sub(ident, -n) == ARGV[1] then table.insert(taken, item) else table.insert(kept, item) end
+end
+if #taken > 0 then
+  redis.call('DEL', KEYS[1])
+  for _, item in ipairs(kept) do redis.call('RPUSH', KEYS[1], item) end
+end
+return taken
+"""
+
 
 def versions() -> dict[str, str]:
     """Versions whose mismatch would corrupt an unpickle; Prefect's is added by the caller.
@@ -126,6 +144,7 @@ class TaskQueue:
         self.keys = Keys(cluster)
         self._requeue = client.register_script(_REQUEUE_LUA)
         self._ack = client.register_script(_ACK_LUA)
+        self._withdraw = client.register_script(_WITHDRAW_LUA)
 
     # -- driver side -------------------------------------------------------------------------
     def publish_meta(self, meta: dict[str, str]) -> None:
@@ -167,6 +186,11 @@ class TaskQueue:
         for i in range(0, len(raw), 3):
             out.append(Requeued(raw[i].decode(), raw[i + 1].decode(), raw[i + 2] == b"exhausted"))
         return out
+
+    def withdraw(self, listener: str) -> list[bytes]:
+        """Atomically remove and return the still-unclaimed envelopes whose results go to
+        `listener` (a flow run ending: what has not started is cancelled, not run)."""
+        return list(self._withdraw(keys=[self.keys.tasks], args=[f"@{listener}"]))
 
     def pending(self) -> int:
         return int(self.redis.llen(self.keys.tasks))

@@ -133,14 +133,15 @@ def build_cluster(cluster: Any, overrides: dict[str, Any]) -> DockerCluster:
     return DockerCluster(provider=driver, flow_run_id=_flow_run_id(), **fields)
 
 
-def finish_cluster(cluster: DockerCluster) -> None:
-    """Publish the cluster summary artifact, then stop everything."""
+def finish_cluster(cluster: DockerCluster, pending: tuple[str, str] | None = None) -> None:
+    """Publish the cluster summary artifact, then stop everything (`pending`: how the futures
+    still pending end, once the workers are gone)."""
     try:
         publish_summary(cluster)
     except Exception as exc:  # noqa: BLE001 - a report must never keep resources alive
         log.warning("could not publish the cluster summary: %s", exc)
     finally:
-        cluster.stop()
+        cluster.stop(**({"pending": pending} if pending else {}))
 
 
 def publish_summary(cluster: DockerCluster) -> None:

@@ -24,7 +24,7 @@ from ..protocol import EnvelopeError, Signer, TaskQueue
 
 log = logging.getLogger("prefect_dockerparallel.futures")
 
-# A converter turns an outcome tuple ("ok"|"err"|"lost"|"undecodable", value) into
+# A converter turns an outcome tuple ("ok"|"err"|"lost"|"undecodable"|"rejected"|"cancelled", value) into
 # (succeeded, value-or-exception) for the concurrent future.
 WAKE_UP = b"wake-up"
 REDIS_DOWN_FAIL_AFTER = 15.0  # seconds without Redis before pending futures fail (never hang)
@@ -47,6 +47,8 @@ def plain_converter(status: str, value: Any) -> tuple[bool, Any]:
         return False, WorkerLost(value)
     if status == "undecodable":
         return False, RuntimeError(f"the result could not be decoded on the driver: {value}")
+    if status == "cancelled":
+        return False, concurrent.futures.CancelledError(value)
     return False, value  # "err" (raised by the function) or "rejected" (bad input)
 
 
@@ -63,6 +65,10 @@ def state_converter(status: str, value: Any) -> tuple[bool, Any]:
         return True, Failed(message=str(err), data=err)
     if status == "rejected":
         return True, Failed(message=f"the task could not be submitted: {value}", data=value)
+    if status == "cancelled":
+        from prefect.states import Cancelled
+
+        return True, Cancelled(message=str(value))
     return True, Crashed(message=f"the worker could not run the task: {value!r}", data=value)
 
 
@@ -75,6 +81,8 @@ class ResultListener:
         self.listener_id = listener_id or uuid.uuid4().hex[:12]
         self._pending: dict[str, tuple[concurrent.futures.Future[Any], Converter]] = {}
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._resolving = 0  # popped from _pending, future not set yet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dp-results", daemon=True)
         self._thread.start()
@@ -89,20 +97,32 @@ class ResultListener:
     def resolve(self, ident: str, status: str, value: Any) -> None:
         with self._lock:
             entry = self._pending.pop(ident, None)
-        if entry is None:
-            return  # a duplicate from an at-least-once re-run: the first result won
-        future, converter = entry
-        ok, payload = converter(status, value)
-        if ok:
-            future.set_result(payload)
-        else:
-            future.set_exception(payload)
+            if entry is None:
+                return  # a duplicate from an at-least-once re-run: the first result won
+            self._resolving += 1
+        try:
+            future, converter = entry
+            ok, payload = converter(status, value)
+            if ok:
+                future.set_result(payload)
+            else:
+                future.set_exception(payload)
+        finally:
+            with self._lock:
+                self._resolving -= 1
+                if not self._pending and not self._resolving:
+                    self._idle.notify_all()
 
-    def fail_all(self, message: str) -> None:
+    def fail_all(self, message: str, status: str = "lost") -> None:
         with self._lock:
             idents = list(self._pending)
         for ident in idents:
-            self.resolve(ident, "lost", message)
+            self.resolve(ident, status, message)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no future is pending (each resolved by its result, a loss, or a failure)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending and not self._resolving, timeout)
 
     def _loop(self) -> None:
         down_since: float | None = None
@@ -140,14 +160,16 @@ class ResultListener:
             status, value = "undecodable", repr(exc)
         self.resolve(env.ident, status, value)
 
-    def close(self, reason: str = "the cluster stopped before the task finished") -> None:
+    def close(self, reason: str | None = "the cluster stopped before the task finished") -> None:
+        """Stop the thread; pending futures fail with `reason` (None: the caller resolves them)."""
         self._stop.set()
         try:
             self.queue.push_result(self.listener_id, WAKE_UP)  # end the blocking pop now
         except Exception:  # noqa: BLE001 - Redis already gone: the pop times out by itself
             pass
         self._thread.join(timeout=5)
-        self.fail_all(reason)
+        if reason is not None:
+            self.fail_all(reason)
 
 
 class DockerParallelFuture(PrefectConcurrentFuture[Any]):
