@@ -15,6 +15,7 @@ import time
 import weakref
 from typing import Any
 
+from .adaptive import AdaptivePolicy, Autoscaler
 from .runner.futures import ResultListener
 from .protocol import KIND_RESULT, Signer, TaskQueue, connect
 from .protocol import keys as K
@@ -75,9 +76,16 @@ class DockerCluster:
         max_payload_bytes: int = 512 * 1024 * 1024,
         stop_on_exit: bool = True,
         heal: bool = True,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        scale_down_after: float | None = None,
     ):
         if workers is not None and workers < 0:
             raise ValueError(f"workers={workers} is invalid: the number of workers must be >= 0")
+        policy = AdaptivePolicy.from_fields(min_workers, max_workers, scale_down_after)
+        self.autoscaler = Autoscaler(policy) if policy else None
+        if policy is not None:  # adaptive: start at `workers` if given (within the bounds), else the minimum
+            workers = policy.clamp(policy.min_workers if workers is None else workers)
         self.driver = as_driver(provider)
         self.spec = ClusterSpec(
             name=name or new_cluster_name(),
@@ -111,6 +119,8 @@ class DockerCluster:
         self._beat: threading.Thread | None = None
         self._lock = threading.RLock()
         self._finalizer: weakref.finalize | None = None
+        # Where scaling decisions are told: the task runner sets its flow run's logger (the UI).
+        self.decision_log: logging.Logger | logging.LoggerAdapter = log
 
     @property
     def name(self) -> str:
@@ -126,6 +136,8 @@ class DockerCluster:
             if self.queue is None:
                 self.start_server()
             self.set_worker_number(self.expected)
+            if self.autoscaler is not None and not self.autoscaler.history:
+                self.autoscaler.history.append((self.started_at or time.monotonic(), self.expected))
         return self
 
     def start_server(self) -> None:
@@ -270,6 +282,28 @@ class DockerCluster:
             if n < previous and surplus_slots > 0:
                 self.queue.retire(surplus_slots)
 
+    def _adapt(self) -> None:
+        """One adaptive-scaling step (heartbeat thread): grow at once when tasks wait, shrink
+        idle slots by retirement after `scale_down_after` (see adaptive.py)."""
+        queue, scaler = self.queue, self.autoscaler
+        if queue is None or scaler is None:
+            return
+        joined, busy = queue.slot_usage()
+        with self._lock:
+            target = scaler.decide(self.expected, queue.pending(), joined, busy)
+            if target is None or self.queue is None:
+                return
+            queue.cancel_retirement()
+            if target > self.expected:
+                self.decision_log.info("adaptive: %d task(s) waiting, %d slot(s) busy: scaling %s up from %d to %d worker slots",
+                         queue.pending(), busy, self.name, self.expected, target)
+                self.set_worker_number(target)
+                return
+            self.decision_log.info("adaptive: %d slot(s) idle for %.0f s: scaling %s down from %d to %d worker slots",
+                     joined - busy, scaler.policy.scale_down_after, self.name, self.expected, target)
+            self.expected = target
+            queue.retire(joined - target)  # idle slots leave on their own; busy ones finish first
+
     def worker_numbers(self) -> WorkerNumbers:
         running = self.queue.live_workers() if self.queue else 0
         counts = self.driver.worker_containers(self.spec)
@@ -305,6 +339,7 @@ class DockerCluster:
         while not self._beat_stop.wait(interval):
             try:
                 self._beat_once()
+                self._adapt()
                 if self.heal and time.monotonic() - last_heal > 10:
                     last_heal = time.monotonic()
                     self.update()

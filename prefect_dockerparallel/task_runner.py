@@ -25,6 +25,7 @@ from .runner.futures import Converter, DockerParallelFuture, ResultListener, sta
 from .protocol import Signer, TaskQueue
 from .protocol.blobs import BlobStore
 from .runner.submission import PayloadBuilder
+from .adaptive import AdaptivePolicy
 
 _CONFIG_FIELDS = (
     "provider",
@@ -38,6 +39,9 @@ _CONFIG_FIELDS = (
     "max_attempts",
     "max_payload_bytes",
     "tags",
+    "min_workers",
+    "max_workers",
+    "scale_down_after",
 )
 PROVIDER_KINDS = ("local", "docker", "ecs", "aks")
 log = logging.getLogger("prefect_dockerparallel.task_runner")
@@ -188,6 +192,8 @@ def validate_overrides(overrides: dict[str, Any]) -> None:
     workers = overrides.get("workers")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers={workers!r} is invalid: give the number of worker slots, an integer >= 0")
+    AdaptivePolicy.from_fields(overrides.get("min_workers"), overrides.get("max_workers"),
+                               overrides.get("scale_down_after"))
     provider = overrides.get("provider")
     if provider is None:
         return
@@ -304,6 +310,7 @@ class _Session:
 
         cluster.extra_meta["prefect"] = prefect.__version__
         logger = run_logger_or_default()
+        cluster.decision_log = logger
         logger.info("starting cluster %s on %s with %d workers", cluster.name, cluster.driver.kind, cluster.expected)
         cluster.start()
         session = cls(cluster.queue, cluster.signer, cluster=cluster)

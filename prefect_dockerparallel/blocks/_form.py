@@ -26,6 +26,9 @@ def _blank_to_none(value: Any) -> Any:
 OptionalText = Annotated[Optional[str], BeforeValidator(_blank_to_none), WithJsonSchema({"type": "string"})]
 """An optional string shown as one text input; empty means None (the documented default)."""
 
+OptionalCount = Annotated[Optional[int], BeforeValidator(_blank_to_none), WithJsonSchema({"type": "integer", "minimum": 0})]
+"""An optional whole number shown as one number input; empty means None."""
+
 OptionalSecret = Annotated[
     Optional[SecretStr],
     BeforeValidator(_blank_to_none),

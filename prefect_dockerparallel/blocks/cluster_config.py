@@ -17,6 +17,7 @@ from ..providers.base import Provider
 from ..specs import ClusterSpec
 from . import _references as refs
 from ._common import UI_DOCS_URL
+from ._form import OptionalCount
 from .aks import AKSProvider
 from .container import WorkerContainer
 from .docker import DockerProvider
@@ -101,6 +102,18 @@ class ClusterConfig(refs.ReferencingParent, Block):
         description="What each worker container runs (image, packages); empty: the default image.",
     )
     workers: int = Field(default=2, ge=0, le=10_000, description="Number of worker task slots.")
+    min_workers: OptionalCount = Field(
+        default=None, ge=0, le=10_000, title="Adaptive: Min Workers",
+        description="With Max Workers: scale with the work, down to this many slots when idle (0 allowed).",
+    )
+    max_workers: OptionalCount = Field(
+        default=None, ge=1, le=10_000, title="Adaptive: Max Workers",
+        description="Adaptive scaling: at most this many slots while tasks wait. Empty: a fixed size of Workers.",
+    )
+    scale_down_after: float = Field(
+        default=60, ge=0, le=86_400, title="Adaptive: Scale Down After",
+        description="Adaptive scaling: seconds of idle slots (and no waiting task) before they are retired.",
+    )
     worker_cpu: int = Field(
         default=1024, gt=0, title="Worker CPU", description="CPU units per worker slot (1024 = 1 vCPU)."
     )
@@ -227,6 +240,13 @@ class ClusterConfig(refs.ReferencingParent, Block):
                     "or '.', starting and ending with a letter or digit"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _adaptive_bounds(self) -> "ClusterConfig":
+        from ..adaptive import AdaptivePolicy
+
+        AdaptivePolicy.from_fields(self.min_workers, self.max_workers, self.scale_down_after)
+        return self
 
     @model_validator(mode="after")
     def _provider_sizes(self) -> "ClusterConfig":

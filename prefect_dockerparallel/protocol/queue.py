@@ -216,6 +216,10 @@ class TaskQueue:
         if slots > 0:
             self.redis.incrby(self.keys.retire, slots)
 
+    def cancel_retirement(self) -> int:
+        """Withdraw retirement requests no slot has taken yet (scaling up again); returns how many."""
+        return int(self.redis.getdel(self.keys.retire) or 0)
+
     def mark_stopping(self) -> None:
         self.redis.set(self.keys.stopping, b"1", ex=3600)
 

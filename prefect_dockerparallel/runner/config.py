@@ -125,6 +125,9 @@ def build_cluster(cluster: Any, overrides: dict[str, Any]) -> DockerCluster:
             "server_memory": config.server_memory,
             "idle_timeout": config.idle_timeout,
             "tags": dict(config.tags),
+            "min_workers": config.min_workers,
+            "max_workers": config.max_workers,
+            "scale_down_after": config.scale_down_after,
         }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     driver = as_driver(fields.pop("provider", None))
@@ -152,14 +155,22 @@ def publish_summary(cluster: DockerCluster) -> None:
     if not spec.flow_run_id:
         return
     seconds = time.monotonic() - cluster.started_at if cluster.started_at else 0.0
+    container_seconds = seconds * spec.containers_for(cluster.expected)
+    containers_started = spec.containers_for(cluster.expected)
+    scaler, scaling = cluster.autoscaler, None
+    if scaler is not None and scaler.history:
+        container_seconds = scaler.container_seconds(time.monotonic(), spec.containers_for)
+        containers_started = max(spec.containers_for(n) for _, n in scaler.history)
+        scaling = scaler.timeline(cluster.started_at)
     markdown = cluster_summary_markdown(
         provider_kind=cluster.driver.kind,
         worker_numbers=cluster.worker_numbers(),
-        container_seconds=seconds * spec.containers_for(cluster.expected),
+        container_seconds=container_seconds,
         worker_cpu=spec.worker_cpu,
         worker_memory=spec.worker_memory,
         workers_per_container=spec.container.workers_per_container,
-        containers_started=spec.containers_for(cluster.expected),
+        containers_started=containers_started,
+        scaling=scaling,
         server_seconds=seconds,
         server_cpu=spec.server_cpu,
         server_memory=spec.server_memory,

@@ -9,7 +9,7 @@ and Savings Plans / Spot discounts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Mapping, Optional, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ def cluster_summary_markdown(
     cluster_name: Optional[str] = None,
     wall_seconds: Optional[float] = None,
     task_counts: Optional[Mapping[str, int]] = None,
+    scaling: Optional[Sequence[tuple[float, int]]] = None,
     prices: FargatePrices = FARGATE_PRICES,
 ) -> str:
     """Markdown summary of one flow run's cluster.
@@ -137,6 +138,8 @@ def cluster_summary_markdown(
         rows.append(("Server container-seconds", f"{server_seconds:,.1f} ({server_cpu} CPU units / {server_memory} MB)"))
     if wall_seconds is not None:
         rows.append(("Cluster wall time", _duration(wall_seconds)))
+    if scaling:
+        rows.append(("Worker slots over time (adaptive)", " → ".join(f"{t:g} s: {n}" for t, n in scaling)))
     if task_counts:
         rows.append(("Tasks", ", ".join(f"{k}: {v}" for k, v in sorted(task_counts.items()))))
     label = "Estimated Fargate cost" if provider_kind == "ecs" else "Same containers on Fargate (for comparison)"
