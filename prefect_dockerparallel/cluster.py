@@ -22,6 +22,7 @@ from .protocol import keys as K
 from .protocol.blobs import BlobStore
 from .protocol.queue import versions
 from .providers.base import Provider
+from .providers.tls import check_not_expired
 from .specs import ClusterSecrets, ClusterSpec, ContainerSpec, ServerHandle, WorkerNumbers, new_cluster_name
 
 log = logging.getLogger("prefect_dockerparallel.cluster")
@@ -153,7 +154,8 @@ class DockerCluster:
 
     def _connect(self) -> None:
         assert self.server and self.secrets
-        client = connect(self.server.driver.host, self.server.driver.port, self.secrets.redis_password, self.server.tls)
+        client = connect(self.server.driver.host, self.server.driver.port, self.secrets.redis_password,
+                         self.server.tls, ca_pem=self.server.ca_pem)
         self.queue = TaskQueue(client, self.name)
         self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes)
         self.blobs = BlobStore(self.queue, self.signer)
@@ -196,6 +198,7 @@ class DockerCluster:
             secrets = self.driver.read_secrets(self.spec)
             if handle is None or secrets is None:
                 raise RuntimeError(f"cluster {self.name!r} is not running on {self.driver.kind}; start() it instead")
+            check_not_expired(self.name, handle.ca_pem)
             self.server, self.secrets = handle, secrets
             self._connect()
             self.expected = self.worker_numbers().running or self.expected

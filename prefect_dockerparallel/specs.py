@@ -255,6 +255,9 @@ class ServerHandle:
     driver: Endpoint
     workers: Endpoint
     tls: bool = False
+    # The cluster CA (PEM, public) that clients verify the server against; None: no TLS, or TLS
+    # terminated by the user's own proxy (verified against the system trust store).
+    ca_pem: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "prefect_dockerparallel.providers.base": CLOUD_SDKS,
     "prefect_dockerparallel.providers.local": CLOUD_SDKS,
     "prefect_dockerparallel.providers.readiness": CLOUD_SDKS,
+    "prefect_dockerparallel.providers.tls": CLOUD_SDKS,
     "prefect_dockerparallel.providers.ecs": ("kubernetes", "docker"),
     "prefect_dockerparallel.providers.docker": ("boto3", "botocore", "kubernetes"),
     "prefect_dockerparallel.providers.docker.objects": CLOUD_SDKS,

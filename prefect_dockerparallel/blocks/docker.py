@@ -81,6 +81,19 @@ class DockerProvider(SelfReferencing, Block):
     start_timeout: float = Field(
         default=120, gt=0, description="Seconds to wait for the Redis server container to answer (pulls excluded)."
     )
+    tls: bool = Field(
+        default=True,
+        title="TLS",
+        description=(
+            "Encrypt Redis traffic with a per-cluster CA and server certificate (verified by the flow "
+            "runner and the workers). Off: the password, payloads and PREFECT_API_KEY travel in clear "
+            "and every cluster start logs a warning."
+        ),
+    )
+    tls_lifetime_hours: float = Field(
+        default=24, gt=0, title="TLS Certificate Lifetime (hours)",
+        description="How long a cluster's certificate is valid; a cluster older than this refuses new connections.",
+    )
 
     @field_validator("docker_host", "tls_cert_path", "server_address", "publish_address")
     @classmethod
@@ -117,4 +130,6 @@ class DockerProvider(SelfReferencing, Block):
             server_address=self.server_address,
             pull=self.pull,
             start_timeout=self.start_timeout,
+            tls=self.tls,
+            tls_lifetime=self.tls_lifetime_hours * 3600,
         )

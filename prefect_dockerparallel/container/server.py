@@ -4,6 +4,11 @@
 (never on the command line, where `ps` would show it), then watches the driver heartbeat key:
 once the driver has been silent for `idle_timeout` the server shuts Redis down and exits, so the
 container stops and billing stops even when the flow runner was SIGKILLed.
+
+With a certificate and key in its environment (DOCKERPARALLEL_REDIS_TLS_CERT / _KEY, from the
+provider's secret path) Redis listens with TLS only on its port (`port 0`: no plaintext
+listener). The PEM files redis-server needs live in a private 0700 folder on a tmpfs while it
+starts and are deleted once it answers: afterwards the key is in redis-server's memory only.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 import redis
 
@@ -53,11 +60,52 @@ def find_redis_server(explicit: str | None = None) -> str:
     raise FileNotFoundError(INSTALL_HINT)
 
 
-def redis_config(port: int, password: str, bind: str) -> str:
-    """Config fed to `redis-server -` on stdin: no persistence, password required."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """Paths of the PEM files redis-server reads at start."""
+
+    folder: str
+    cert: str
+    key: str
+    ca: str
+
+
+def write_tls_files(cert_pem: str, key_pem: str, ca_pem: str) -> TlsFiles:
+    """The PEMs as 0600 files in a fresh 0700 folder, on /dev/shm (memory) when there is one."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    folder = tempfile.mkdtemp(prefix="dp-tls-", dir=base)  # 0700
+    paths = {}
+    for name, text in (("server.crt", cert_pem), ("server.key", key_pem), ("ca.crt", ca_pem)):
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(text)
+        paths[name] = path
+    return TlsFiles(folder, paths["server.crt"], paths["server.key"], paths["ca.crt"])
+
+
+def remove_tls_files(files: TlsFiles | None) -> None:
+    if files is not None:
+        shutil.rmtree(files.folder, ignore_errors=True)
+
+
+def redis_config(port: int, password: str, bind: str, tls: TlsFiles | None = None) -> str:
+    """Config fed to `redis-server -` on stdin: no persistence, password required; with `tls`,
+    TLS on `port` and no plaintext port at all."""
+    listen = [f"port {port}"]
+    if tls is not None:
+        listen = [
+            "port 0",
+            f"tls-port {port}",
+            f'tls-cert-file "{tls.cert}"',
+            f'tls-key-file "{tls.key}"',
+            f'tls-ca-cert-file "{tls.ca}"',
+            "tls-auth-clients no",  # clients authenticate with the password, over the verified channel
+            'tls-protocols "TLSv1.2 TLSv1.3"',
+        ]
     return "\n".join(
         [
-            f"port {port}",
+            *listen,
             f"bind {bind}",
             f'requirepass "{password}"',
             "protected-mode no" if bind != "127.0.0.1" else "protected-mode yes",
@@ -79,10 +127,14 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def start_redis(binary: str, port: int, password: str, bind: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, preexec_fn=die_with_parent)
+def start_redis(
+    binary: str, port: int, password: str, bind: str, tls: TlsFiles | None = None
+) -> subprocess.Popen[bytes]:
+    # redis-server needs none of our secrets in its environment (its config comes on stdin)
+    env = {k: v for k, v in os.environ.items() if k not in K.SECRET_ENV_NAMES}
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, preexec_fn=die_with_parent, env=env)
     assert proc.stdin is not None
-    proc.stdin.write(redis_config(port, password, bind).encode())
+    proc.stdin.write(redis_config(port, password, bind, tls).encode())
     proc.stdin.close()
     return proc
 
@@ -131,11 +183,23 @@ def main() -> int:
     password = env[K.ENV_REDIS_PASSWORD]
     idle_timeout = float(env.get(K.ENV_IDLE_TIMEOUT, "60"))
     bind = env.get("DOCKERPARALLEL_REDIS_BIND", "0.0.0.0")
-    proc = start_redis(find_redis_server(), port, password, bind)
-    client = connect("127.0.0.1", port, password)
+    cert, key, ca = env.get(K.ENV_REDIS_TLS_CERT), env.get(K.ENV_REDIS_TLS_KEY), env.get(K.ENV_REDIS_CA)
+    if bool(cert) != bool(key) or (cert and not ca):
+        raise SystemExit(f"{K.ENV_REDIS_TLS_CERT}, {K.ENV_REDIS_TLS_KEY} and {K.ENV_REDIS_CA} go together: "
+                         "the provider delivered only some of them")
+    tls = write_tls_files(cert, key, ca) if cert and key and ca else None
     try:
-        wait_ready(client, proc)
-        log.info("redis-server ready on port %s for cluster %s", port, cluster)
+        proc = start_redis(find_redis_server(), port, password, bind, tls)
+    except BaseException:
+        remove_tls_files(tls)
+        raise
+    client = connect("127.0.0.1", port, password, tls=tls is not None, ca_pem=ca if tls else None)
+    try:
+        try:
+            wait_ready(client, proc)
+        finally:
+            remove_tls_files(tls)  # read at start: from now on the key is in redis-server's memory only
+        log.info("redis-server ready on port %s for cluster %s%s", port, cluster, " (TLS only)" if tls else "")
         reason = watch(client, proc, cluster, idle_timeout)
         log.info("shutting down: %s", reason)
         if reason == "driver heartbeat gone":

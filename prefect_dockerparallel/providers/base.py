@@ -9,6 +9,7 @@ the environment that `container_env` builds. Every resource they create carries
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING
 
 from ..protocol import keys as K
 from ..specs import (
@@ -20,22 +21,32 @@ from ..specs import (
     ServerHandle,
 )
 
+if TYPE_CHECKING:
+    from .tls import ClusterTLS
+
 REDIS_PORT = 6379
 
 
-def server_env(spec: ClusterSpec, secrets: ClusterSecrets, port: int = REDIS_PORT) -> dict[str, str]:
-    """Environment of the Redis server container (redis-server under the watchdog)."""
-    return {
+def server_env(
+    spec: ClusterSpec, secrets: ClusterSecrets, port: int = REDIS_PORT, tls: "ClusterTLS | None" = None
+) -> dict[str, str]:
+    """Environment of the Redis server container (redis-server under the watchdog); with `tls`,
+    the server listens on `port` with TLS only (its key is a secret variable, like the password)."""
+    env = {
         K.ENV_CLUSTER: spec.name,
         K.ENV_REDIS_HOST: "127.0.0.1",
         K.ENV_REDIS_PORT: str(port),
         K.ENV_REDIS_PASSWORD: secrets.redis_password,
         K.ENV_IDLE_TIMEOUT: str(spec.idle_timeout),
     }
+    if tls is not None:
+        env.update({K.ENV_REDIS_TLS: "1", K.ENV_REDIS_CA: tls.ca_pem, K.ENV_REDIS_TLS_CERT: tls.cert_pem,
+                    K.ENV_REDIS_TLS_KEY: tls.key_pem})
+    return env
 
 
 def worker_env(
-    spec: ClusterSpec, secrets: ClusterSecrets, redis_at: Endpoint, tls: bool = False
+    spec: ClusterSpec, secrets: ClusterSecrets, redis_at: Endpoint, tls: bool = False, ca_pem: str | None = None
 ) -> dict[str, str]:
     """Environment of a worker container; the container's own `env` comes first, ours wins."""
     env = dict(spec.container.env)
@@ -50,8 +61,10 @@ def worker_env(
             K.ENV_IDLE_TIMEOUT: str(spec.idle_timeout),
         }
     )
-    if tls:
+    if tls or ca_pem:
         env[K.ENV_REDIS_TLS] = "1"
+    if ca_pem:
+        env[K.ENV_REDIS_CA] = ca_pem
     if spec.container.ssh_public_key:
         env[K.ENV_SSH_PUBLIC_KEY] = spec.container.ssh_public_key
     return env

@@ -13,16 +13,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..protocol.queue import tls_options
 from ..specs import Endpoint
 from .base import ProviderError
 
 
-def redis_answers(at: Endpoint, password: str, timeout: float = 3.0) -> bool:
-    """True once Redis at `at` answers PING; raises ProviderError if it refuses the password."""
+def redis_answers(at: Endpoint, password: str, timeout: float = 3.0, ca_pem: str | None = None) -> bool:
+    """True once Redis at `at` answers PING; raises ProviderError if it refuses the password.
+
+    With `ca_pem` the server must present a certificate of that CA for `at.host`; a server that
+    presents another one is an error at once (another cluster's server on a reused address)."""
     client = redis.Redis(
         host=at.host,
         port=at.port,
         password=password,
+        **tls_options(bool(ca_pem), ca_pem),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # the caller polls; redis-py's own retries only add delay
@@ -31,7 +36,12 @@ def redis_answers(at: Endpoint, password: str, timeout: float = 3.0) -> bool:
         return bool(client.ping())
     except redis.AuthenticationError:
         raise ProviderError(f"Redis at {at} rejected this cluster's password (another cluster's?)") from None
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError) as exc:
+        if ca_pem and _certificate_refused(exc):
+            raise ProviderError(
+                f"Redis at {at} presented a TLS certificate this cluster's CA did not sign, not for "
+                f"{at.host}, or expired: another cluster's server, or something in between"
+            ) from None
         return False
     finally:
         client.close()
@@ -46,3 +56,15 @@ def poll(cond: Callable[[], bool], timeout: float, what: str, interval: float = 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """True when verification of the server's certificate failed (not a refused connection)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..base import Provider, ProviderError, server_env, worker_env
+from .. import tls as tls_mod
 from ..readiness import redis_answers
 from ...specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
 from . import inventory, janitor, provision
 from . import objects as O
-from .engine import EngineConfig, docker_sdk, driver_address, publish_address
+from .engine import EngineConfig, docker_sdk, driver_address, engine_machine, publish_address
 
 log = logging.getLogger(__name__)
 PULL_POLICIES = ("missing", "always", "never")
@@ -54,6 +55,8 @@ class DockerDriver(Provider):
         pull: str = "missing",
         start_timeout: float = 120.0,
         janitor: bool = True,
+        tls: bool = True,
+        tls_lifetime: float = tls_mod.DEFAULT_LIFETIME,
     ) -> None:
         if pull not in PULL_POLICIES:
             raise ValueError(f"pull={pull!r} is invalid: choose one of {', '.join(PULL_POLICIES)}")
@@ -63,6 +66,8 @@ class DockerDriver(Provider):
         self.pull = pull
         self.start_timeout = start_timeout
         self.janitor = janitor
+        self.tls = tls
+        self.tls_lifetime = tls_lifetime
         self._client: Any = None
         self._lock = threading.Lock()
         self._images: set[str] = set()
@@ -125,11 +130,12 @@ class DockerDriver(Provider):
         try:
             if existing:
                 inventory.remove_containers(self.client, [existing])  # a stopped leftover of this name
-            env, _ = O.split_secrets(server_env(spec, secrets, port=O.REDIS_PORT))
             published = publish_address(self.engine.host, self.publish_address)
-            config = O.server_container(spec, env, published)
-            container = self._create(config, O.secrets_json(secrets))
-            handle = self._wait_for_redis(spec, container, secrets)
+            tls = self._certificate(spec, published)
+            env, hidden = O.split_secrets(server_env(spec, secrets, port=O.REDIS_PORT, tls=tls))
+            config = O.server_container(spec, env, published, ca_pem=tls.ca_pem if tls else None)
+            container = self._create(config, O.secrets_json(secrets, extra=hidden))
+            handle = self._wait_for_redis(spec, container, secrets, tls.ca_pem if tls else None)
         except BaseException:
             if created:
                 self._remove_quietly(spec)
@@ -174,7 +180,8 @@ class DockerDriver(Provider):
         missing = count - len(alive)
         if missing > 0:
             self._ensure_image(spec.container.image)
-            env, _ = O.split_secrets(worker_env(spec, secrets, server.workers, tls=server.tls))
+            tls_mod.check_not_expired(spec.name, server.ca_pem)  # a new worker could not verify the server
+            env, _ = O.split_secrets(worker_env(spec, secrets, server.workers, tls=server.tls, ca_pem=server.ca_pem))
             payload = O.secrets_json(secrets)
 
             def start_one(_: int) -> None:
@@ -262,10 +269,27 @@ class DockerDriver(Provider):
         if not ports:
             return None
         host = driver_address(self.engine.host, ports[0].get("IP", ""), self.server_address)
+        ca_pem = (summary.get("Labels") or {}).get(O.CA_LABEL) or None
         return ServerHandle(driver=Endpoint(host, int(ports[0]["PublicPort"])),
-                            workers=Endpoint(O.server_name(spec), O.REDIS_PORT))
+                            workers=Endpoint(O.server_name(spec), O.REDIS_PORT), tls=bool(ca_pem), ca_pem=ca_pem)
 
-    def _wait_for_redis(self, spec: ClusterSpec, container: Any, secrets: ClusterSecrets) -> ServerHandle:
+    def _certificate(self, spec: ClusterSpec, published: str) -> tls_mod.ClusterTLS | None:
+        """The cluster's CA and server certificate, for every name a client uses; None (and a
+        warning, at every start) when TLS was turned off."""
+        if not self.tls:
+            log.warning(
+                "cluster %s: TLS is OFF (tls=False on the Docker provider): the Redis password, task "
+                "payloads, results and the flow run's settings (PREFECT_API_KEY included) cross the "
+                "network between this machine and %s unencrypted", spec.name, self.engine.host,
+            )
+            return None
+        names = [O.server_name(spec), O.server_name(spec)[:63], published, self.server_address,
+                 engine_machine(self.engine.host)]
+        return tls_mod.generate(spec.name, [n for n in names if n], self.tls_lifetime)
+
+    def _wait_for_redis(
+        self, spec: ClusterSpec, container: Any, secrets: ClusterSecrets, ca_pem: str | None
+    ) -> ServerHandle:
         deadline = time.monotonic() + self.start_timeout
         while True:
             container.reload()
@@ -278,8 +302,9 @@ class DockerDriver(Provider):
             if bindings:
                 host = driver_address(self.engine.host, bindings[0].get("HostIp", ""), self.server_address)
                 handle = ServerHandle(driver=Endpoint(host, int(bindings[0]["HostPort"])),
-                                      workers=Endpoint(O.server_name(spec), O.REDIS_PORT))
-                if redis_answers(handle.driver, secrets.redis_password, timeout=2):
+                                      workers=Endpoint(O.server_name(spec), O.REDIS_PORT),
+                                      tls=bool(ca_pem), ca_pem=ca_pem)
+                if redis_answers(handle.driver, secrets.redis_password, timeout=2, ca_pem=ca_pem):
                     return handle
             if time.monotonic() > deadline:
                 raise ProviderError(

@@ -29,6 +29,7 @@ CLUSTER_LABEL = "dockerparallel-cluster"
 FLOW_RUN_LABEL = "dockerparallel-flow-run"
 ROLE_LABEL = "dockerparallel-role"
 PROVIDER_LABEL = "dockerparallel-provider"
+CA_LABEL = "dockerparallel-redis-ca"  # the cluster CA (PEM, public): how a reconnecting driver verifies
 PROVIDER = "docker"
 REDIS_PORT = 6379
 SECRETS_DIR = "/run/dockerparallel"
@@ -91,8 +92,9 @@ def split_secrets(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     return public, hidden
 
 
-def secrets_json(secrets: ClusterSecrets, with_signing_key: bool = True) -> bytes:
-    data = {K.ENV_REDIS_PASSWORD: secrets.redis_password}
+def secrets_json(secrets: ClusterSecrets, with_signing_key: bool = True, extra: dict[str, str] | None = None) -> bytes:
+    """The 0600 secrets file's content; `extra`: further secret variables (the server's TLS key)."""
+    data = {**(extra or {}), K.ENV_REDIS_PASSWORD: secrets.redis_password}
     if with_signing_key:
         data[K.ENV_SIGNING_KEY] = secrets.signing_key.hex()
     return json.dumps(data).encode()
@@ -139,7 +141,9 @@ def _command(container: ContainerSpec, entrypoint: str) -> list[str]:
     return ["sh", "-c", container.startup_script(entrypoint)]
 
 
-def server_container(spec: ClusterSpec, env: dict[str, str], publish_address: str) -> dict[str, Any]:
+def server_container(
+    spec: ClusterSpec, env: dict[str, str], publish_address: str, ca_pem: str | None = None
+) -> dict[str, Any]:
     """`containers.create` arguments of the server; it reuses the worker image (one pull) unless
     the container names a `server_image`."""
     server = ContainerSpec(image=spec.container.server_image or spec.container.image, install_self=spec.container.install_self)
@@ -148,7 +152,7 @@ def server_container(spec: ClusterSpec, env: dict[str, str], publish_address: st
         "command": _command(server, "server"),
         "name": server_name(spec),
         "hostname": server_name(spec)[:63],
-        "labels": labels(spec, "server"),
+        "labels": {**labels(spec, "server"), **({CA_LABEL: ca_pem} if ca_pem else {})},
         "environment": env,
         "network": network_name(spec),
         "ports": {f"{REDIS_PORT}/tcp": (publish_address, None)},  # a free port, one address only
