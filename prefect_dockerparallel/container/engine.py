@@ -167,20 +167,88 @@ class PrefectRuntime:
         return run_task_sync(**kwargs)
 
 
-def portable_exception(exc: BaseException) -> BaseException:
-    """The exception itself if it survives a pickle round trip, else a RuntimeError with its text.
+class RemoteTaskError(RuntimeError):
+    """Stands in for a task's exception that cannot travel even without its attributes: it keeps
+    the original type's name, the message and the worker's traceback text."""
 
-    Some exceptions (pydantic's, for one) pickle but cannot be unpickled; the driver must still
-    learn what happened.
-    """
+    def __init__(self, type_name: str, message: str, traceback_text: str):
+        super().__init__(f"{type_name}: {message}", type_name, message, traceback_text)
+        self.type_name, self.message, self.traceback_text = type_name, message, traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n{self.traceback_text}"
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.type_name, self.message, self.traceback_text)
+
+
+def _round_trips(obj: Any) -> bool:
     try:
-        cloudpickle.loads(cloudpickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001
-        import traceback
+        cloudpickle.loads(cloudpickle.dumps(obj))
+        return True
+    except Exception:  # noqa: BLE001 - unpicklable, or pickles but cannot be rebuilt
+        return False
 
-        text = "".join(traceback.format_exception(exc))
-        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n{text}")
+
+def _traceback_text(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _without_unpicklable_attributes(exc: BaseException) -> BaseException | None:
+    """The same exception type, args and message, minus the attributes that cannot be pickled
+    (a lock, a client), with the worker's traceback text as a note (shown when it is raised)."""
+    cls = type(exc)
+    try:
+        copy = cls.__new__(cls, *exc.args)
+        copy.args = exc.args
+    except Exception:  # noqa: BLE001 - an exotic constructor: the RemoteTaskError stands in
+        return None
+    dropped = []
+    for name, value in vars(exc).items():
+        if name == "__notes__" or _round_trips(value):
+            copy.__dict__[name] = value
+        else:
+            dropped.append(name)
+    note = "the worker's traceback (the exception crossed a process boundary"
+    note += f"; attribute(s) {', '.join(dropped)} could not be pickled and were left out):\n" if dropped else "):\n"
+    copy.__dict__["__notes__"] = [*getattr(exc, "__notes__", []), note + _traceback_text(exc)]
+    return copy
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    """The exception itself if it survives a pickle round trip; else the same type without the
+    attributes that cannot be pickled; else a RemoteTaskError with its type name, message and
+    traceback text. Some exceptions (pydantic's, for one) pickle but cannot be unpickled; the
+    driver must still learn what happened, in the same words as with a local runner.
+    """
+    if _round_trips(exc):
+        return exc
+    copy = _without_unpicklable_attributes(exc)
+    if copy is not None and _round_trips(copy):
+        return copy
+    return RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), _traceback_text(exc))
+
+
+def with_portable_exception(state: Any) -> bool:
+    """Make the exception a failed Prefect State carries portable, in place; True if one was
+    replaced (the caller pickles the state again)."""
+    from prefect.results import ResultRecord
+
+    holder, exc = None, getattr(state, "data", None)
+    if isinstance(exc, ResultRecord):
+        holder, exc = exc, exc.result
+    if not isinstance(exc, BaseException):
+        return False
+    portable = portable_exception(exc)
+    if portable is exc:
+        return False
+    if holder is not None:
+        holder.result = portable
+    else:
+        state.data = portable
+    return True
 
 
 def failed_state_for(exc: BaseException, what: str) -> Any:

@@ -19,7 +19,14 @@ from . import link as runtime
 from ..protocol import KIND_RESULT, KIND_TASK, EnvelopeError, Signer, TaskQueue, connect_from_env
 from ..protocol import keys as K
 from ..protocol.blobs import BlobResolver
-from .engine import PrefectRuntime, ResultNotSerializable, check_versions, failed_state_for, portable_exception
+from .engine import (
+    PrefectRuntime,
+    ResultNotSerializable,
+    check_versions,
+    failed_state_for,
+    portable_exception,
+    with_portable_exception,
+)
 
 log = logging.getLogger("prefect_dockerparallel.worker")
 
@@ -223,6 +230,11 @@ class WorkerSlot:
         try:
             return self.signer.dumps_result(ident, outcome)
         except Exception as exc:  # noqa: BLE001 - unpicklable result or exception
+            if call.get("kind") == "prefect" and with_portable_exception(outcome[1]):
+                try:  # the task raised an exception that carries an unpicklable attribute
+                    return self.signer.dumps_result(ident, outcome)
+                except Exception as again:  # noqa: BLE001
+                    exc = again
             what = "exception" if outcome[0] == "err" else "result"
             if call.get("kind") == "prefect":
                 fallback: tuple[str, Any] = ("ok", failed_state_for(exc, what))
