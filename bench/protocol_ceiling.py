@@ -4,7 +4,8 @@
 
 The driver signs N empty task envelopes and LPUSHes them in batches (as `map` does); 1 or 2 worker
 processes run the real worker-side protocol calls (`TaskQueue.claim` = BLMOVE into a processing
-list, `Signer.open`, `TaskQueue.ack` = MULTI LPUSH result + LREM claim); the driver drains
+list, `Signer.open`, the acked-set check, `TaskQueue.ack` = one Lua call: LPUSH result + LREM claim +
+SADD of the acked id); the driver drains
 results with `TaskQueue.pop_results` and verifies every one. Against it: `redis-benchmark` LPUSH /
 RPOP / LPOP on the same local redis-server, with 1 client (one connection's round-trip rate, what
 one worker slot can at most do) and 50 clients (the server's throughput).
@@ -45,10 +46,12 @@ def worker(port: int, password: str, wid: str, ready, go) -> None:
             if queue.redis.exists(queue.keys.stopping):
                 return
             continue
-        env = signer.open(env_bytes)
+        env = signer.open(env_bytes)  # MAC over cluster + id + expiry + body, expiry checked
         assert env.kind == KIND_TASK
+        if queue.is_acked(env.ident):  # replay check of a BLMOVE claim (the worker's slow path)
+            continue
         _, _, listener = K.split_ident(env.ident)
-        queue.ack(wid, env_bytes, listener, signer.seal(KIND_RESULT, env.ident, b""))
+        queue.ack(wid, env_bytes, listener, signer.seal(KIND_RESULT, env.ident, b""), ident=env.ident)
 
 
 def run_protocol(server: RedisServer, n: int, procs: int, batch: int = 1000) -> float:

@@ -157,7 +157,7 @@ class DockerCluster:
         client = connect(self.server.driver.host, self.server.driver.port, self.secrets.redis_password,
                          self.server.tls, ca_pem=self.server.ca_pem)
         self.queue = TaskQueue(client, self.name)
-        self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes)
+        self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes, cluster=self.name)
         self.blobs = BlobStore(self.queue, self.signer)
         self.queue.beat_driver(self.spec.idle_timeout)
         self.queue.publish_meta({**versions(), **self.extra_meta})

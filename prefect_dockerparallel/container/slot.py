@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 import redis
 
 from . import link as runtime
-from ..protocol import KIND_RESULT, KIND_TASK, EnvelopeError, Signer, TaskQueue, connect_from_env
+from ..protocol import KIND_RESULT, KIND_TASK, EnvelopeError, EnvelopeExpired, Signer, TaskQueue, connect_from_env
 from ..protocol import keys as K
 from ..protocol.blobs import BlobResolver
 from .engine import (
@@ -136,9 +136,10 @@ class WorkerSlot:
         log.info("worker %s joined cluster %s", self.worker_id, self.queue.keys.cluster)
         try:
             envelope: bytes | None = None
+            prechecked = False  # an envelope claimed by the ack script was checked against the acked set
             while not self._stop.is_set():
                 if envelope is None:
-                    envelope = self._claim()
+                    envelope, prechecked = self._claim(), False
                 if envelope is None:
                     if not self._stop.is_set() and self._patiently(self.queue.take_retirement):
                         self._request_stop("scaled down")
@@ -146,7 +147,7 @@ class WorkerSlot:
                 if envelope == K.STOP_SENTINEL:
                     self._request_stop("cluster stopping")
                     break
-                envelope = self.handle(envelope)
+                envelope, prechecked = self.handle(envelope, prechecked), True
         finally:
             self._stop.set()
             self._exited.set()
@@ -160,17 +161,27 @@ class WorkerSlot:
         log.info("worker %s exiting: %s", self.worker_id, self.stop_reason)
         return 0
 
-    def handle(self, envelope: bytes) -> bytes | None:
-        """Run one envelope; returns the next one when the ack could claim it in passing."""
+    def handle(self, envelope: bytes, prechecked: bool = False) -> bytes | None:
+        """Run one envelope; returns the next one when the ack could claim it in passing.
+
+        Refused unread: a wrong signature (forged, or another cluster's), an expired envelope
+        (its future fails), an id already acked in this cluster (a replay: it ran already).
+        """
         try:
             env = self.signer.open(envelope)
             if env.kind != KIND_TASK:
                 raise EnvelopeError(f"unexpected envelope kind {env.kind!r}")
+        except EnvelopeExpired as exc:  # authentic: tell its future why it will never run
+            self._refuse(envelope, str(exc))
+            listener = K.split_ident(exc.ident)[2]
+            err = RuntimeError(f"the task was not run: {exc}")
+            self.queue.ack(self.worker_id, envelope, listener, self.signer.dumps(KIND_RESULT, exc.ident, ("err", err)))
+            return None
         except EnvelopeError as exc:  # unauthenticated: drop it unread, tell the driver
-            msg = f"worker {self.worker_id} rejected an envelope: {exc}"
-            log.error(msg)
-            self.queue.report_error(msg)
-            self.queue.ack(self.worker_id, envelope, "", None)
+            self._refuse(envelope, str(exc))
+            return None
+        if not prechecked and self.queue.is_acked(env.ident):
+            self._refuse(envelope, f"envelope {env.ident!r} was already acked in this cluster (a replay)")
             return None
         _, _, listener = K.split_ident(env.ident)
         try:
@@ -181,18 +192,28 @@ class WorkerSlot:
                 f"worker {self.worker_id} could not load the task: {exc!r}"
                 + ("; install the module in the worker image or add it to pip_packages" if hint else "")
             )
-            self.queue.ack(self.worker_id, envelope, listener, self.signer.dumps(KIND_RESULT, env.ident, ("err", err)))
+            result = self.signer.dumps(KIND_RESULT, env.ident, ("err", err))
+            self.queue.ack(self.worker_id, envelope, listener, result, ident=env.ident)
             return None
         outcome = self.execute(call)
         result = self.seal_result(env.ident, outcome, call)
         try:
-            return self.queue.ack(self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set())
+            return self.queue.ack(
+                self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set(), ident=env.ident
+            )
         except UNREACHABLE:
             # The ack is one atomic script: running it again at worst pushes a duplicate result,
             # which the listener drops. A next claim whose reply was lost is given back.
-            self._patiently(lambda: self.queue.ack(self.worker_id, envelope, listener, result))
+            self._patiently(lambda: self.queue.ack(self.worker_id, envelope, listener, result, ident=env.ident))
             self._patiently(lambda: self.queue.release(self.worker_id))
             return None
+
+    def _refuse(self, envelope: bytes, why: str) -> None:
+        """Drop an envelope from this slot's claims without running it, and tell the driver."""
+        msg = f"worker {self.worker_id} rejected an envelope: {why}"
+        log.error(msg)
+        self.queue.report_error(msg)
+        self.queue.ack(self.worker_id, envelope, "", None)
 
     def _claim(self) -> bytes | None:
         try:
@@ -249,7 +270,7 @@ def new_worker_id() -> str:
 
 def run_slot() -> int:
     env = os.environ
-    signer = Signer(bytes.fromhex(env[K.ENV_SIGNING_KEY]))
+    signer = Signer.from_env(env)
     queue = TaskQueue(connect_from_env(env), env[K.ENV_CLUSTER])
     worker_id = env.get(K.ENV_WORKER_ID) or new_worker_id()
     slot = WorkerSlot(queue, signer, worker_id, float(env.get(K.ENV_IDLE_TIMEOUT, "60")))

@@ -1,8 +1,11 @@
 """Signed envelopes: cloudpickle bodies authenticated with HMAC-SHA256.
 
-Layout: MAGIC(4) | kind(1) | id_len(1) | id | mac(32) | body. The MAC covers kind, id and body,
+Layout: MAGIC(4) | kind(1) | id_len(1) | id | expires(8) | mac(32) | body. The MAC covers the
+cluster name (not sent: both ends know it), kind, id, the expiry (Unix milliseconds) and body,
 and it is checked with `hmac.compare_digest` before a single byte of the body is unpickled, so a
-client that knows the Redis password but not the cluster's signing key cannot run code on a worker.
+client that knows the Redis password but not the cluster's signing key cannot run code on a worker,
+cannot move an envelope to another cluster, and cannot extend its life. The id keeps its offset
+(byte 6), so the requeue Lua and `peek_ident` read it without knowing the rest.
 """
 
 from __future__ import annotations
@@ -10,12 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import cloudpickle
 
-MAGIC = b"DPE1"
+from .keys import ENV_CLUSTER, ENV_SIGNING_KEY
+
+MAGIC = b"DPE2"
 MAC_SIZE = 32
+EXPIRES_SIZE = 8
+# How long an envelope stays valid: as long as the payload parts it refers to (BLOB_TTL), so an
+# envelope that could still run is never refused, and the acked-id set needs to live no longer.
+ENVELOPE_TTL = 24 * 3600
 KIND_TASK = b"T"
 KIND_RESULT = b"R"
 KIND_BLOB = b"B"
@@ -23,6 +34,14 @@ KIND_BLOB = b"B"
 
 class EnvelopeError(Exception):
     """Raised for malformed or unauthenticated envelopes; never carries the payload."""
+
+
+class EnvelopeExpired(EnvelopeError):
+    """An authentic envelope past the expiry it was signed with."""
+
+    def __init__(self, message: str, ident: str):
+        super().__init__(message)
+        self.ident = ident
 
 
 class PayloadTooLarge(ValueError):
@@ -34,22 +53,36 @@ class Envelope:
     kind: bytes
     ident: str
     body: bytes
+    expires_ms: int = 0
 
 
 class Signer:
     """Seals and opens envelopes with one cluster's signing key."""
 
-    def __init__(self, key: bytes, max_payload_bytes: int | None = None):
+    def __init__(
+        self, key: bytes, max_payload_bytes: int | None = None, cluster: str = "", ttl: float = ENVELOPE_TTL
+    ):
         if len(key) < 16:
             raise ValueError("signing key must be at least 16 bytes")
         self._key = key
         self.max_payload_bytes = max_payload_bytes
+        self.cluster = cluster
+        self.ttl_ms = int(ttl * 1000)
+        # The cluster binding is the MAC's first input: one keyed state, copied per envelope.
+        self._base = hmac.new(key, b"dp-cluster:" + cluster.encode() + b"\0", hashlib.sha256)
 
     def __repr__(self) -> str:
-        return "Signer(key=***)"
+        return f"Signer(key=***, cluster={self.cluster!r})"
 
-    def _mac(self, kind: bytes, ident: bytes, body: bytes) -> bytes:
-        mac = hmac.new(self._key, kind + len(ident).to_bytes(1, "big") + ident, hashlib.sha256)
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], max_payload_bytes: int | None = None) -> "Signer":
+        """A container's signer: its cluster's key, bound to its cluster's name."""
+        return cls(bytes.fromhex(env[ENV_SIGNING_KEY]), max_payload_bytes, cluster=env[ENV_CLUSTER])
+
+    def _mac(self, header: bytes, body: bytes) -> bytes:
+        """MAC over the cluster, then kind | id_len | id | expires (the header), then the body."""
+        mac = self._base.copy()
+        mac.update(header)
         mac.update(body)
         return mac.digest()
 
@@ -62,30 +95,34 @@ class Signer:
         raw_id = ident.encode()
         if len(raw_id) > 255:
             raise ValueError("envelope id longer than 255 bytes")
-        mac = self._mac(kind, raw_id, body)
-        return b"".join((MAGIC, kind, len(raw_id).to_bytes(1, "big"), raw_id, mac, body))
+        expires = (int(time.time() * 1000) + self.ttl_ms).to_bytes(EXPIRES_SIZE, "big")
+        header = b"".join((kind, len(raw_id).to_bytes(1, "big"), raw_id, expires))
+        return b"".join((MAGIC, header, self._mac(header, body), body))
 
-    def open(self, data: bytes) -> Envelope:
-        """Verify and split an envelope. Raises EnvelopeError; never unpickles."""
-        if not isinstance(data, (bytes, bytearray)) or len(data) < 6 + MAC_SIZE:
+    def open(self, data: bytes, check_expiry: bool = True) -> Envelope:
+        """Verify and split an envelope. Raises EnvelopeError (expired: EnvelopeExpired); never
+        unpickles. A wrong cluster shows as a wrong signature: the cluster is part of the MAC."""
+        if not isinstance(data, (bytes, bytearray)) or len(data) < 6 + EXPIRES_SIZE + MAC_SIZE:
             raise EnvelopeError("envelope too short")
         if data[:4] != MAGIC:
             raise EnvelopeError("envelope has a wrong magic number")
-        kind = bytes(data[4:5])
-        id_len = data[5]
-        id_end = 6 + id_len
-        if len(data) < id_end + MAC_SIZE:
+        id_end = 6 + data[5]
+        mac_start = id_end + EXPIRES_SIZE
+        if len(data) < mac_start + MAC_SIZE:
             raise EnvelopeError("envelope truncated")
-        raw_id = bytes(data[6:id_end])
-        mac = bytes(data[id_end : id_end + MAC_SIZE])
-        body = bytes(data[id_end + MAC_SIZE :])
-        if not hmac.compare_digest(mac, self._mac(kind, raw_id, body)):
-            raise EnvelopeError("envelope signature does not match the cluster secret")
+        view = memoryview(data)
+        header = view[4:mac_start]
+        body = bytes(view[mac_start + MAC_SIZE :])
+        if not hmac.compare_digest(view[mac_start : mac_start + MAC_SIZE], self._mac(header, body)):
+            raise EnvelopeError("envelope signature does not match the cluster secret (or another cluster's)")
         try:
-            ident = raw_id.decode()
+            ident = bytes(view[6:id_end]).decode()
         except UnicodeDecodeError as exc:
             raise EnvelopeError("envelope id is not UTF-8") from exc
-        return Envelope(kind=kind, ident=ident, body=body)
+        expires_ms = int.from_bytes(view[id_end:mac_start], "big")
+        if check_expiry and expires_ms < time.time() * 1000:
+            raise EnvelopeExpired(f"envelope {ident!r} expired (signed validity is {self.ttl_ms // 1000} s)", ident)
+        return Envelope(kind=bytes(view[4:5]), ident=ident, body=body, expires_ms=expires_ms)
 
     def dumps(self, kind: bytes, ident: str, obj: object) -> bytes:
         return self.seal(kind, ident, cloudpickle.dumps(obj))

@@ -79,6 +79,11 @@ class Keys:
         """Hash task_id -> number of times the task was claimed."""
         return self.prefix + "attempts"
 
+    @property
+    def acked(self) -> str:
+        """Set of envelope ids acked in this cluster (expires with the envelopes): replays refused."""
+        return self.prefix + "acked"
+
     def results(self, listener: str) -> str:
         """List of signed result envelopes for one listener (the driver, or a nested runner)."""
         return self.prefix + "results:" + listener

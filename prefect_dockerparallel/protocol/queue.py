@@ -17,16 +17,32 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .keys import BLOB_TTL, ENV_REDIS_CA, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
+from .envelope import ENVELOPE_TTL
 from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
 
 # Ack in one command: publish the result, drop the claim and (optionally) claim the next
 # envelope, atomically as MULTI/EXEC would. One reply to parse instead of five: redis-py's
 # MULTI pipeline was 11% of a worker's CPU in the no-op benchmark.
-# KEYS: results list, processing list, task list. ARGV: result ('' = none), envelope, claim next.
+# The acked id joins the cluster's acked set in the same call (a replayed copy is refused), and a
+# next envelope whose id is already acked is dropped here, before the worker reads it.
+# KEYS: results list, processing list, task list, acked set, errors list.
+# ARGV: result ('' = none), envelope, claim next, acked id ('' = none), acked-set TTL, worker id.
 _ACK_LUA = """
 if ARGV[1] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[1]) end
 redis.call('LREM', KEYS[2], 1, ARGV[2])
-if ARGV[3] == '1' then return redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT') end
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
+if ARGV[3] ~= '1' then return false end
+for _ = 1, 100 do
+  local nxt = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
+  if not nxt then return false end
+  local idlen = string.byte(nxt, 6)
+  if not idlen or redis.call('SISMEMBER', KEYS[4], string.sub(nxt, 7, 6 + idlen)) == 0 then return nxt end
+  redis.call('LREM', KEYS[2], 1, nxt)
+  redis.call('RPUSH', KEYS[5], 'worker ' .. ARGV[6] .. ' dropped a replayed envelope (its id was already acked)')
+end
 return false
 """
 
@@ -280,13 +296,29 @@ class TaskQueue:
         )
 
     def ack(
-        self, worker_id: str, envelope: bytes, listener: str, result: bytes | None, claim_next: bool = False
+        self,
+        worker_id: str,
+        envelope: bytes,
+        listener: str,
+        result: bytes | None,
+        claim_next: bool = False,
+        ident: str | None = None,
     ) -> bytes | None:
         """Publish the result and drop the claim in one transaction; with `claim_next`, the same
-        round trip also claims the next pending envelope (returned, or None if there is none)."""
-        keys = [self.keys.results(listener), self.keys.processing(worker_id), self.keys.tasks]
-        args = [result if result is not None else b"", envelope, b"1" if claim_next else b"0"]
+        round trip also claims the next pending envelope (returned, or None if there is none).
+
+        `ident` (a verified envelope id) joins the acked set, so a replayed copy never runs again;
+        a next envelope whose id is already acked is dropped (and reported) without being read.
+        """
+        keys = [self.keys.results(listener), self.keys.processing(worker_id), self.keys.tasks,
+                self.keys.acked, self.keys.errors]
+        args = [result if result is not None else b"", envelope, b"1" if claim_next else b"0",
+                ident or "", int(ENVELOPE_TTL), worker_id]
         return self._ack(keys=keys, args=args)
+
+    def is_acked(self, ident: str) -> bool:
+        """True when an envelope with this (verified) id was acked already: a replay."""
+        return bool(self.redis.sismember(self.keys.acked, ident))
 
     def release(self, worker_id: str) -> None:
         """Give claimed-but-unfinished envelopes back (SIGTERM, Fargate Spot reclaim)."""

@@ -20,7 +20,7 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectConcurrentFuture
 from prefect.results import ResultRecord
 
-from ..protocol import EnvelopeError, Signer, TaskQueue
+from ..protocol import KIND_RESULT, EnvelopeError, Signer, TaskQueue
 
 log = logging.getLogger("prefect_dockerparallel.futures")
 
@@ -149,6 +149,8 @@ class ResultListener:
     def _deliver(self, raw: bytes) -> None:
         try:
             env = self.signer.open(raw)
+            if env.kind != KIND_RESULT:  # a task envelope pushed here must not resolve its future
+                raise EnvelopeError(f"expected a result envelope, got kind {env.kind!r}")
         except EnvelopeError as exc:
             log.error("dropped a result envelope: %s", exc)
             return

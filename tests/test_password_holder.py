@@ -1,0 +1,100 @@
+"""Issue 17, findings 4 and 7: what someone with the Redis password but not the signing key tries.
+
+Replaying a copied envelope, moving one to another cluster, keeping one past its expiry, pushing a
+task envelope onto a results list: each is refused, on a real redis-server and a real worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from helpers import RedisServer, wait_until
+from prefect_dockerparallel import DockerCluster
+from prefect_dockerparallel.protocol import KIND_RESULT, KIND_TASK, EnvelopeError, EnvelopeExpired, Signer, TaskQueue
+from prefect_dockerparallel.protocol.keys import make_ident
+
+KEY = b"k" * 32
+
+
+def test_envelope_is_bound_to_its_cluster():
+    raw = Signer(KEY, cluster="dp-a").dumps(KIND_TASK, "P:1@L", 1)
+    assert Signer(KEY, cluster="dp-a").loads(raw, KIND_TASK) == ("P:1@L", 1)
+    with pytest.raises(EnvelopeError, match="another cluster"):
+        Signer(KEY, cluster="dp-b").open(raw)
+
+
+def test_expiry_is_signed_and_enforced():
+    raw = bytearray(Signer(KEY, ttl=-1).seal(KIND_TASK, "P:1@L", b"x"))
+    with pytest.raises(EnvelopeExpired) as info:
+        Signer(KEY).open(bytes(raw))
+    assert info.value.ident == "P:1@L"
+    # moving the expiry forward breaks the signature
+    id_end = 6 + raw[5]
+    raw[id_end : id_end + 8] = (int(time.time() * 1000) + 3_600_000).to_bytes(8, "big")
+    with pytest.raises(EnvelopeError, match="signature"):
+        Signer(KEY).open(bytes(raw))
+
+
+def test_ack_records_the_id_and_drops_a_replayed_next_envelope():
+    signer = Signer(KEY)
+    with RedisServer() as server:
+        queue = TaskQueue(server.client(), "replay")
+        first = signer.seal(KIND_TASK, "C:t1@L", b"1")
+        queue.enqueue([first])
+        assert queue.claim("w", 1) == first and not queue.is_acked("C:t1@L")
+        queue.enqueue([first])  # the copy, pushed again by a password holder
+        assert queue.ack("w", first, "L", signer.seal(KIND_RESULT, "C:t1@L", b"r"), claim_next=True,
+                         ident="C:t1@L") is None
+        assert queue.is_acked("C:t1@L")
+        assert queue.pending() == 0 and queue.redis.llen(queue.keys.processing("w")) == 0
+        assert any("replayed" in e for e in queue.errors())
+
+
+def _append(path: str, text: str) -> str:
+    with open(path, "a") as fh:
+        fh.write(text + "\n")
+    return text
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_replayed_expired_and_misdirected_envelopes_on_a_real_worker(tmp_path, caplog):
+    marker = tmp_path / "runs"
+    cluster = DockerCluster(workers=0, idle_timeout=30).start()
+    try:
+        with cluster.executor() as ex:
+            future = ex.submit(_append, str(marker), "once")
+            copied = cluster.queue.redis.lrange(cluster.queue.keys.tasks, 0, -1)  # the attacker's copy
+            assert len(copied) == 1
+            cluster.set_worker_number(1)
+            assert future.result(timeout=60) == "once"
+
+            with caplog.at_level(logging.ERROR, logger="prefect_dockerparallel.cluster"):
+                cluster.queue.enqueue(copied)  # replay after completion (finding 4)
+                assert wait_until(lambda: "already acked" in caplog.text, 30), caplog.text
+                # the same task signed for another cluster with the same key
+                other = Signer(cluster.secrets.signing_key, cluster="dp-other")
+                call = {"kind": "call", "fn": _append, "args": (str(marker), "other"), "kwargs": {}}
+                import cloudpickle
+
+                ident = make_ident("C", "other", cluster.listener.listener_id)
+                cluster.queue.enqueue([other.seal(KIND_TASK, ident, cloudpickle.dumps(call))])
+                assert wait_until(lambda: "another cluster" in caplog.text, 30), caplog.text
+
+            # an envelope past its signed expiry fails its future instead of running
+            cluster.signer.ttl_ms = -1000
+            late = ex.submit(_append, str(marker), "late")
+            with pytest.raises(RuntimeError, match="expired"):
+                late.result(timeout=60)
+            cluster.signer.ttl_ms = 3_600_000
+
+            # finding 7: a (genuine) task envelope pushed onto the results list resolves nothing
+            pending = ex.submit(time.sleep, 2)
+            task_bytes = cluster.signer.seal(KIND_TASK, list(cluster.listener._pending)[0], b"x")
+            cluster.queue.push_result(cluster.listener.listener_id, task_bytes)
+            assert pending.result(timeout=60) is None  # the real result, not the forged one
+        assert marker.read_text() == "once\n"
+    finally:
+        cluster.stop()
