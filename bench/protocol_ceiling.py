@@ -4,8 +4,9 @@
 
 The driver signs N empty task envelopes and LPUSHes them in batches (as `map` does); 1 or 2 worker
 processes run the real worker-side protocol calls (`TaskQueue.claim` = BLMOVE into a processing
-list, `Signer.open`, the acked-set check, `TaskQueue.ack` = one Lua call: LPUSH result + LREM claim +
-SADD of the acked id); the driver drains
+list, `Signer.open` with its expiry check, the acked-set check of a BLMOVE claim, `TaskQueue.ack`
+= one Lua call: LPUSH result + LREM claim + SADD of the acked id + LMOVE of the next envelope,
+exactly as a worker slot chains its claims); the driver drains
 results with `TaskQueue.pop_results` and verifies every one. Against it: `redis-benchmark` LPUSH /
 RPOP / LPOP on the same local redis-server, with 1 client (one connection's round-trip rate, what
 one worker slot can at most do) and 50 clients (the server's throughput).
@@ -40,18 +41,24 @@ def worker(port: int, password: str, wid: str, ready, go) -> None:
     queue.join(wid)
     ready.set()
     go.wait()
+    env_bytes = None
     while True:
-        env_bytes = queue.claim(wid, 1.0)
+        chained = env_bytes is not None  # claimed by the previous ack: already checked against the acked set
+        if env_bytes is None:
+            env_bytes = queue.claim(wid, 1.0)
         if env_bytes is None:
             if queue.redis.exists(queue.keys.stopping):
                 return
             continue
         env = signer.open(env_bytes)  # MAC over cluster + id + expiry + body, expiry checked
         assert env.kind == KIND_TASK
-        if queue.is_acked(env.ident):  # replay check of a BLMOVE claim (the worker's slow path)
+        if not chained and queue.is_acked(env.ident):  # as the worker: a BLMOVE claim costs one more trip
+            env_bytes = None
             continue
         _, _, listener = K.split_ident(env.ident)
-        queue.ack(wid, env_bytes, listener, signer.seal(KIND_RESULT, env.ident, b""), ident=env.ident)
+        result = signer.seal(KIND_RESULT, env.ident, b"")
+        # as the worker: the ack also claims the next envelope in the same round trip
+        env_bytes = queue.ack(wid, env_bytes, listener, result, claim_next=True, ident=env.ident)
 
 
 def run_protocol(server: RedisServer, n: int, procs: int, batch: int = 1000) -> float:
