@@ -314,6 +314,21 @@ class DockerCluster:
         initializing = max(0, min(self.expected, started) - running)
         return WorkerNumbers(expected=self.expected, running=running, initializing=initializing)
 
+    def wait_for_workers(self, timeout: float = 300.0, interval: float = 0.5) -> WorkerNumbers:
+        """Block until every expected worker slot has joined (start() and set_worker_number()
+        return as soon as the containers are asked for); returns the numbers then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            numbers = self.worker_numbers()
+            if numbers.running >= numbers.expected:
+                return numbers
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"cluster {self.name}: {numbers} after {timeout:.0f} s; see cluster.logs() for why "
+                    "workers did not join"
+                )
+            time.sleep(interval)  # polling the provider and Redis, not synchronisation
+
     def update(self) -> WorkerNumbers:
         """Reconcile: bring back lost worker containers (seed: update)."""
         with self._lock:

@@ -45,6 +45,21 @@ def test_lifecycle_scale_reconnect_and_stop():
     assert not cluster_processes(cluster.name)
 
 
+def test_readme_example_prints_what_it_says():
+    """README's DockerCluster example, with its printed numbers (issue 13: it said 4 / 2 / 2)."""
+    cluster = DockerCluster(workers=2, idle_timeout=30)
+    cluster.start()
+    try:
+        first = cluster.worker_numbers()
+        assert first.expected == 2 and first.running + first.initializing == 2
+        cluster.set_worker_number(4)
+        assert str(cluster.wait_for_workers(timeout=120)).startswith("4 / 4 / 0")
+        with cluster.executor() as ex:
+            assert list(ex.map(pow, [2, 3], [10, 10])) == [1024, 59049]
+    finally:
+        cluster.stop()
+
+
 def test_executor_returns_values_and_raises_original_exceptions():
     with DockerCluster(workers=2, idle_timeout=30) as cluster:
         ex = cluster.executor()
