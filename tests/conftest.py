@@ -6,14 +6,19 @@ worker or redis-server process of this test session outlives it.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 _home = tempfile.mkdtemp(prefix="dp-test-home-")
 os.environ.setdefault("PREFECT_HOME", _home)
-os.environ["DOCKERPARALLEL_STATE_DIR"] = tempfile.mkdtemp(prefix="dp-test-state-")
+os.environ["DOCKERPARALLEL_STATE_DIR"] = _state = tempfile.mkdtemp(prefix="dp-test-state-")
+# The session's folders go at exit (registered first, so they go after the Prefect server stops).
+atexit.register(shutil.rmtree, _home, True)
+atexit.register(shutil.rmtree, _state, True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 sys.path.insert(0, str(Path(__file__).parent))

@@ -68,3 +68,37 @@ def test_cli_lists_and_cleans_up_a_dead_local_cluster(no_leftover_processes):
     finally:
         cluster.disconnect()
         cluster.driver.stop(cluster.spec)
+
+
+def test_clean_stop_removes_the_log_and_a_failed_cluster_keeps_it_within_a_bound(no_leftover_processes):
+    """Issue 13: every local cluster used to leave its .log in the state directory forever."""
+    import os
+    import signal
+
+    from helpers import wait_until
+    from prefect_dockerparallel import DockerCluster
+    from prefect_dockerparallel.providers import local
+    from prefect_dockerparallel.providers.local_state import state_dir
+
+    clean = DockerCluster(workers=1, idle_timeout=30, heal=False).start()
+    assert clean.wait_for_workers(timeout=120).running == 1
+    log_path = state_dir() / f"{clean.name}.log"
+    assert log_path.exists()
+    clean.stop()
+    assert not log_path.exists()
+
+    failed = DockerCluster(workers=1, idle_timeout=30, heal=False).start()
+    failed.wait_for_workers(timeout=120)
+    (worker,) = failed.driver._clusters[failed.name].workers
+    os.kill(worker.pid, signal.SIGKILL)
+    assert wait_until(lambda: worker.poll() is not None, 10)
+    failed.update()  # the reconciler notices the dead worker (and starts another)
+    failed.stop()
+    kept = state_dir() / f"{failed.name}.log"
+    assert kept.exists() and "worker" in kept.read_text()
+
+    for i in range(3):
+        (state_dir() / f"dp-old{i}.log").write_text("old")
+        os.utime(state_dir() / f"dp-old{i}.log", (1, 1))
+    local.prune_logs(1)
+    assert kept.exists() and not list(state_dir().glob("dp-old*.log"))

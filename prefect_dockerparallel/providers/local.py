@@ -61,6 +61,7 @@ class _LocalCluster:
     secrets: ClusterSecrets
     server: subprocess.Popen[bytes] | None = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    failed: bool = False  # a worker died with a non-zero exit code: its log is kept at stop
 
 
 class LocalDriver(Provider):
@@ -195,6 +196,7 @@ class LocalDriver(Provider):
         self, spec: ClusterSpec, count: int, secrets: ClusterSecrets, server: ServerHandle
     ) -> None:
         cluster = self._clusters.setdefault(spec.name, _LocalCluster(server.workers.port, secrets))
+        cluster.failed = cluster.failed or any(w.poll() not in (None, 0) for w in cluster.workers)
         cluster.workers = [w for w in cluster.workers if w.poll() is None]
         env = worker_env(spec, secrets, server.workers, tls=server.tls)
         while len(cluster.workers) < count:
@@ -219,14 +221,22 @@ class LocalDriver(Provider):
         cluster = self._clusters.pop(spec.name, None)
         # Workers first, so none of them is left talking to a Redis that is going away. They saw
         # the cluster's `stopping` flag: give them a moment to flush their Prefect events.
+        clean = False
         if cluster:
             _wait_for_exit(cluster.workers, WORKER_EXIT_GRACE)
+            clean = not cluster.failed and all(w.poll() == 0 for w in cluster.workers)
             _terminate(cluster.workers, [])
             _terminate([cluster.server] if cluster.server else [], [])
         else:
             _terminate([], state.get("worker_procs", []))
             _terminate([], [state.get("server_proc")])
         self._state_path(spec.name).unlink(missing_ok=True)
+        # A clean stop leaves nothing behind; after a failure the log stays for `logs NAME`,
+        # and only the newest KEPT_LOGS logs of stopped clusters are kept.
+        if clean:
+            self._log_path(spec.name).unlink(missing_ok=True)
+        else:
+            prune_logs(KEPT_LOGS)
 
     def logs(self, spec: ClusterSpec, tail: int = 200) -> str:
         try:
@@ -281,6 +291,16 @@ class LocalDriver(Provider):
 
 
 WORKER_EXIT_GRACE = 4.0
+KEPT_LOGS = 20  # logs of clusters that stopped after a failure (or were stopped from elsewhere)
+
+
+def prune_logs(keep: int) -> None:
+    """Remove all but the `keep` newest logs of clusters that are gone (no state file)."""
+    directory = state_dir()
+    stale = [p for p in directory.glob("*.log") if not (directory / f"{p.stem}.json").exists()]
+    stale.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in stale[keep:]:
+        path.unlink(missing_ok=True)
 
 
 def _wait_for_exit(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
