@@ -155,7 +155,7 @@ class DockerCluster:
     def _connect(self) -> None:
         assert self.server and self.secrets
         client = connect(self.server.driver.host, self.server.driver.port, self.secrets.redis_password,
-                         self.server.tls, ca_pem=self.server.ca_pem)
+                         self.server.tls, ca_pem=self.server.ca_pem, tls_name=self.server.tls_name)
         self.queue = TaskQueue(client, self.name)
         self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes, cluster=self.name)
         self.blobs = BlobStore(self.queue, self.signer)

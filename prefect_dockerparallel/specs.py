@@ -258,6 +258,8 @@ class ServerHandle:
     # The cluster CA (PEM, public) that clients verify the server against; None: no TLS, or TLS
     # terminated by the user's own proxy (verified against the system trust store).
     ca_pem: str | None = field(default=None, repr=False)
+    # The name the certificate is checked for when clients dial an address unknown when it was made.
+    tls_name: str | None = None
 
 
 @dataclass(frozen=True)

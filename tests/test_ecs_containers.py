@@ -124,7 +124,8 @@ def test_a_worker_task_killed_for_memory_is_reported_with_ecs_reason(
     """A task that outgrows its Fargate task's memory: the container is OOM-killed; the task fails
     with a message that says so (ECS's stop reason), and the driver lists the worker failure."""
     url, agent = moto_agent
-    driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30)
+    driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30,
+                         tls=True)
     container = ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None)
     cluster = DockerCluster(provider=driver, container=container, workers=1, worker_cpu=512, worker_memory=MEMORY_MB,
                             idle_timeout=20, max_attempts=1, heal=False)

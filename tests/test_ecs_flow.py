@@ -60,7 +60,7 @@ def worker_container(dev_worker_image: str) -> ContainerSpec:  # noqa: F811
 
 def driver_for(url: str, agent: FakeFargateAgent, **kw: object):  # noqa: ANN201
     return make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90,
-                       stop_timeout=30, **kw)
+                       stop_timeout=30, **{"tls": True, **kw})
 
 
 @task
@@ -94,6 +94,14 @@ def test_mapped_tasks_run_in_fargate_task_containers_and_teardown_leaves_nothing
     started = {a: env for a, env in agent.envs.items() if env.get("DOCKERPARALLEL_CLUSTER") == cluster}
     workers = {a for a, env in started.items() if "DOCKERPARALLEL_SLOTS" in env}
     assert len(started) == 3 and len(workers) == 2
+    # TLS by default: the server got its key through SSM (the agent resolved the SecureString
+    # reference), workers got only the CA and the certificate's name, and verified the server
+    [server_env] = [env for a, env in started.items() if a not in workers]
+    assert server_env["DOCKERPARALLEL_REDIS_TLS"] == "1" and "PRIVATE KEY" in server_env["DOCKERPARALLEL_REDIS_TLS_KEY"]
+    for arn in workers:
+        assert started[arn]["DOCKERPARALLEL_REDIS_CA"] == server_env["DOCKERPARALLEL_REDIS_CA"]
+        assert started[arn]["DOCKERPARALLEL_REDIS_TLS_NAME"] == f"dp-{cluster}-server"
+        assert "DOCKERPARALLEL_REDIS_TLS_KEY" not in started[arn]
     # Tasks ran inside the worker containers: their hostname is the task's private DNS name.
     worker_hosts = {w.request.hostname for w in agent.runtime.finished + list(agent.workloads.values())
                     if w.request.labels.get("dp-fake-task") in workers}

@@ -52,6 +52,9 @@ def test_the_key_is_a_secret_variable_and_the_ca_reaches_workers():
     workers = worker_env(spec, secrets, Endpoint("dp-c1-server", 6379), tls=True, ca_pem=tls.ca_pem)
     assert workers["DOCKERPARALLEL_REDIS_CA"] == tls.ca_pem and "DOCKERPARALLEL_REDIS_TLS_KEY" not in workers
     assert "DOCKERPARALLEL_REDIS_TLS" not in server_env(spec, secrets)  # TLS off: plaintext as before
+    from prefect_dockerparallel.providers.ecs.secrets import is_secret_env
+
+    assert is_secret_env("DOCKERPARALLEL_REDIS_TLS_KEY") and not is_secret_env("DOCKERPARALLEL_REDIS_CA")
 
 
 def test_tls_only_config_and_private_pem_files():

@@ -166,6 +166,19 @@ class ECSFargateProvider(SelfReferencing, Block):
     start_timeout: float = Field(
         default=600, gt=0, description="Seconds for the server task to start and Redis to answer."
     )
+    tls: bool = Field(
+        default=True,
+        title="TLS",
+        description=(
+            "Encrypt Redis traffic (it crosses the internet to the server's public IP) with a per-cluster "
+            "CA; the server's key is an SSM SecureString like the password. Off: the password, payloads "
+            "and PREFECT_API_KEY travel in clear and every cluster start logs a warning."
+        ),
+    )
+    tls_lifetime_hours: float = Field(
+        default=24, gt=0, title="TLS Certificate Lifetime (hours)",
+        description="How long a cluster's certificate is valid; a cluster older than this refuses new connections.",
+    )
     stop_timeout: float = Field(
         default=180,
         gt=0,

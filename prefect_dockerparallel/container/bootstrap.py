@@ -45,6 +45,7 @@ ENV = {
     "user": "DOCKERPARALLEL_REDIS_USER",
     "tls": "DOCKERPARALLEL_REDIS_TLS",
     "ca": "DOCKERPARALLEL_REDIS_CA",
+    "tls_name": "DOCKERPARALLEL_REDIS_TLS_NAME",
     "key": "DOCKERPARALLEL_CLUSTER_SECRET",
     "secrets_file": "DOCKERPARALLEL_SECRETS_FILE",
     "idle": "DOCKERPARALLEL_IDLE_TIMEOUT",
@@ -98,14 +99,17 @@ def tree_digest(root: str) -> str:
 class Resp:
     """The few Redis commands the bootstrap needs (AUTH, GET), over TCP or verified TLS."""
 
-    def __init__(self, host: str, port: int, tls: bool = False, ca: str | None = None, timeout: float = 10.0):
+    def __init__(
+        self, host: str, port: int, tls: bool = False, ca: str | None = None, timeout: float = 10.0,
+        tls_name: str | None = None,
+    ):
         sock = socket.create_connection((host, port), timeout=timeout)
         if tls:
             if ca and not ca.lstrip().startswith("-----BEGIN"):
                 context = ssl.create_default_context(cafile=ca)  # a path to the PEM file
             else:
                 context = ssl.create_default_context(cadata=ca or None)
-            sock = context.wrap_socket(sock, server_hostname=host)  # hostname checked
+            sock = context.wrap_socket(sock, server_hostname=tls_name or host)  # hostname checked
         self.sock = sock
         self.buf = sock.makefile("rb")
 
@@ -156,6 +160,7 @@ def connect(env: dict) -> Resp:
         int(env[ENV["port"]]),
         tls=env.get(ENV["tls"], "") in ("1", "true"),
         ca=env.get(ENV["ca"]) or None,
+        tls_name=env.get(ENV["tls_name"]) or None,
     )
     password = env.get(ENV["password"])
     if password:

@@ -26,6 +26,10 @@ ENV_REDIS_TLS = "DOCKERPARALLEL_REDIS_TLS"
 # The cluster CA certificate in PEM (public, not a secret): clients verify the server against it
 # with hostname checking on (redis-py `ssl_ca_data`, stdlib `ssl.create_default_context(cadata=)`).
 ENV_REDIS_CA = "DOCKERPARALLEL_REDIS_CA"
+# Optional: the name the server certificate is checked for when it differs from the host dialled
+# (ECS: the task's IP is known only after start, the certificate is made before). Stdlib clients:
+# `context.wrap_socket(sock, server_hostname=os.environ.get(ENV_REDIS_TLS_NAME) or host)`.
+ENV_REDIS_TLS_NAME = "DOCKERPARALLEL_REDIS_TLS_NAME"
 # The server container's own certificate (PEM, public) and private key (PEM, secret).
 ENV_REDIS_TLS_CERT = "DOCKERPARALLEL_REDIS_TLS_CERT"
 ENV_REDIS_TLS_KEY = "DOCKERPARALLEL_REDIS_TLS_KEY"

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import cloudpickle
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.connection import SSLConnection
 from redis.retry import Retry
 
 from .keys import BLOB_TTL, ENV_REDIS_CA, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
 from .envelope import ENVELOPE_TTL
+from .keys import ENV_REDIS_TLS_NAME
 from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
 
 # Ack in one command: publish the result, drop the claim and (optionally) claim the next
@@ -116,11 +118,33 @@ def tls_options(tls: bool, ca_pem: str | None) -> dict:
     return opts
 
 
+def named_ssl_connection(name: str) -> type[SSLConnection]:
+    """An SSLConnection that checks the certificate for `name` while it dials another address:
+    a server whose address is known only after it started (a Fargate task's IP) gets a certificate
+    for a fixed name made before it started."""
+
+    class NamedSSLConnection(SSLConnection):
+        def _wrap_socket_with_ssl(self, sock):  # type: ignore[no-untyped-def]
+            dialled, self.host = self.host, name  # redis-py checks the name it dialled: swap it in
+            try:
+                return super()._wrap_socket_with_ssl(sock)
+            finally:
+                self.host = dialled
+
+    return NamedSSLConnection
+
+
 def connect(
-    host: str, port: int, password: str, tls: bool = False, ca_pem: str | None = None
+    host: str,
+    port: int,
+    password: str,
+    tls: bool = False,
+    ca_pem: str | None = None,
+    tls_name: str | None = None,
 ) -> redis.Redis:
-    """A client with timeouts long enough for blocking pops and short enough to notice death."""
-    return redis.Redis(
+    """A client with timeouts long enough for blocking pops and short enough to notice death;
+    with TLS, the certificate must name `tls_name` (default: `host`)."""
+    client = redis.Redis(
         host=host,
         port=port,
         password=password,
@@ -132,6 +156,9 @@ def connect(
         # Two quick retries ride out a blip; more would only delay noticing a dead server.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 2),
     )
+    if tls_name and (tls or ca_pem) and tls_name != host:
+        client.connection_pool.connection_class = named_ssl_connection(tls_name)
+    return client
 
 
 def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
@@ -142,6 +169,7 @@ def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
         env[ENV_REDIS_PASSWORD],
         tls=env.get(ENV_REDIS_TLS, "") in ("1", "true"),
         ca_pem=env.get(ENV_REDIS_CA) or None,
+        tls_name=env.get(ENV_REDIS_TLS_NAME) or None,
     )
 
 

@@ -46,7 +46,12 @@ def server_env(
 
 
 def worker_env(
-    spec: ClusterSpec, secrets: ClusterSecrets, redis_at: Endpoint, tls: bool = False, ca_pem: str | None = None
+    spec: ClusterSpec,
+    secrets: ClusterSecrets,
+    redis_at: Endpoint,
+    tls: bool = False,
+    ca_pem: str | None = None,
+    tls_name: str | None = None,
 ) -> dict[str, str]:
     """Environment of a worker container; the container's own `env` comes first, ours wins."""
     env = dict(spec.container.env)
@@ -65,6 +70,8 @@ def worker_env(
         env[K.ENV_REDIS_TLS] = "1"
     if ca_pem:
         env[K.ENV_REDIS_CA] = ca_pem
+    if ca_pem and tls_name:
+        env[K.ENV_REDIS_TLS_NAME] = tls_name
     if spec.container.ssh_public_key:
         env[K.ENV_SSH_PUBLIC_KEY] = spec.container.ssh_public_key
     return env

@@ -13,12 +13,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..protocol.queue import tls_options
+from ..protocol.queue import named_ssl_connection, tls_options
 from ..specs import Endpoint
 from .base import ProviderError
 
 
-def redis_answers(at: Endpoint, password: str, timeout: float = 3.0, ca_pem: str | None = None) -> bool:
+def redis_answers(
+    at: Endpoint, password: str, timeout: float = 3.0, ca_pem: str | None = None, tls_name: str | None = None
+) -> bool:
     """True once Redis at `at` answers PING; raises ProviderError if it refuses the password.
 
     With `ca_pem` the server must present a certificate of that CA for `at.host`; a server that
@@ -32,6 +34,8 @@ def redis_answers(at: Endpoint, password: str, timeout: float = 3.0, ca_pem: str
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # the caller polls; redis-py's own retries only add delay
     )
+    if ca_pem and tls_name and tls_name != at.host:
+        client.connection_pool.connection_class = named_ssl_connection(tls_name)
     try:
         return bool(client.ping())
     except redis.AuthenticationError:
@@ -40,7 +44,7 @@ def redis_answers(at: Endpoint, password: str, timeout: float = 3.0, ca_pem: str
         if ca_pem and _certificate_refused(exc):
             raise ProviderError(
                 f"Redis at {at} presented a TLS certificate this cluster's CA did not sign, not for "
-                f"{at.host}, or expired: another cluster's server, or something in between"
+                f"{tls_name or at.host}, or expired: another cluster's server, or something in between"
             ) from None
         return False
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 from ...specs import ClusterRecord, ClusterSecrets, ClusterSpec, ContainerCounts, Endpoint, ServerHandle
 from . import inventory as inv
 from . import secrets as sec
+from .. import tls as tls_mod
 from ..base import Provider, ProviderError, server_env, worker_env
 from .aws import make_client, make_session, with_backoff
 from .network import (
@@ -29,13 +30,14 @@ from .network import (
     ensure_network,
     find_run_security_groups,
 )
-from .server import endpoints, server_command, wait_ready
+from .server import ca_of, certificate, endpoints, server_command, tls_name, wait_ready
 from .settings import EcsSettings
 from .tasks import (
     ContainerPlan,
     Launch,
     TaskInfo,
     cluster_tasks,
+    describe,
     ensure_ecs_cluster,
     register_task_definition,
     run_tasks,
@@ -84,6 +86,7 @@ class EcsDriver(Provider):
         self._network: Network | None = None
         self._execution_role_arn = self.cfg.execution_role_arn
         self._runs: dict[str, _Run] = {}
+        self._cas: dict[str, str | None] = {}  # server task definition ARN -> its cluster CA
 
     # -- plumbing ---------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -244,7 +247,11 @@ class EcsDriver(Provider):
             return self._wait(spec, existing[0].arn, secrets)
         try:
             self._prepare_account()
-            definition = self._register(spec, "server", server_env(spec, secrets, port=self.cfg.redis_port))
+            tls = certificate(self.cfg, spec)
+            env = server_env(spec, secrets, port=self.cfg.redis_port, tls=tls)
+            definition = self._register(spec, "server", env)
+            if tls:
+                self._cas[definition] = tls.ca_pem
             (arn,) = self._launch(spec, "server", definition, 1)
             log.info(
                 "cluster %s: server task %s started; waiting for Redis", spec.name, arn.rsplit("/", 1)[-1]
@@ -260,11 +267,16 @@ class EcsDriver(Provider):
 
     def _wait(self, spec: ClusterSpec, arn: str, secrets: ClusterSecrets) -> ServerHandle:
         ecs, ec2 = self.client("ecs"), self.client("ec2")
-        return wait_ready(self.cfg, ecs, ec2, spec, arn, secrets.redis_password, self.endpoint_map)
+        found = describe(ecs, self.cfg.cluster_name, [arn])
+        ca_pem = ca_of(ecs, found[0], self._cas) if found else None
+        return wait_ready(self.cfg, ecs, ec2, spec, arn, secrets.redis_password, self.endpoint_map, ca_pem)
 
     def server_handle(self, spec: ClusterSpec) -> ServerHandle | None:
         running = [t for t in self._tasks(spec, "server") if t.running]
-        return endpoints(self.cfg, self.client("ec2"), running[0], self.endpoint_map) if running else None
+        if not running:
+            return None
+        return endpoints(self.cfg, self.client("ec2"), running[0], self.endpoint_map,
+                         ca_of(self.client("ecs"), running[0], self._cas), tls_name(spec))
 
     def stop_server(self, spec: ClusterSpec) -> None:
         arns = [t.arn for t in self._tasks(spec, "server") if t.active]
@@ -288,8 +300,10 @@ class EcsDriver(Provider):
                     f"not starting more. Last reasons: {'; '.join(run.failures[-3:])}"
                 )
             address = str(server.workers)
+            tls_mod.check_not_expired(spec.name, server.ca_pem)  # a new worker could not verify the server
             if run.worker_definition is None or run.worker_definition[0] != address:
-                env = worker_env(spec, secrets, server.workers, tls=server.tls)
+                env = worker_env(spec, secrets, server.workers, tls=server.tls, ca_pem=server.ca_pem,
+                                 tls_name=server.tls_name)
                 run.worker_definition = (address, self._register(spec, "worker", env))
             self._launch(spec, "worker", run.worker_definition[1], count - len(workers))
         elif count < len(workers):

