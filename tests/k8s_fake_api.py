@@ -341,6 +341,8 @@ class Handler(BaseHTTPRequestHandler):
                 ports = [int(p) for p in q.get("ports", "").split(",") if p]
                 if len(ports) != 1:
                     raise ApiFailure(400, "BadRequest", "this fake forwards exactly one port")
+                if self.server.forwards.take_rejection():
+                    raise ApiFailure(400, "BadRequest", "injected: port-forward handshake rejected")
                 return serve_portforward(self, ports[0], self.server.forwards)
             if sub == "log" and method == "GET":
                 store.get(plural, ns, name)

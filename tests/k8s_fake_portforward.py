@@ -64,6 +64,20 @@ class PortForwardSessions:
         self.lock = threading.Lock()
         self.sockets: set[socket.socket] = set()
         self.opened = 0
+        self.reject_next = 0  # this many port-forward handshakes fail with 400 (an overloaded API server)
+        self.rejected = 0
+
+    def take_rejection(self) -> bool:
+        with self.lock:
+            if self.reject_next <= 0:
+                return False
+            self.reject_next -= 1
+            self.rejected += 1
+            return True
+
+    def drop_all(self) -> None:
+        """Cut every open forward (the API server dropped its streams), as close_all does."""
+        self.close_all()
 
     def close_all(self) -> None:
         with self.lock:

@@ -115,6 +115,28 @@ def test_port_forward_reaches_redis_without_any_public_endpoint(fake_k8s, cluste
         socket.create_connection((handle.driver.host, handle.driver.port), timeout=5)
 
 
+def test_port_forward_rides_out_rejected_handshakes_and_dropped_streams(fake_k8s, cluster) -> None:
+    """Issue 13: a forward dropped under load (`Handshake status 400`) failed the flow 15 s later
+    with WorkerLost; the forwarder re-opens it with backoff and the client carries on."""
+    drv, spec, secrets = cluster
+    handle = drv.start_server(spec, secrets)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # One retry: for the pooled connection the drop cut, not for the refused handshakes.
+    client = redis.Redis(handle.driver.host, handle.driver.port, password=secrets.redis_password,
+                         socket_timeout=30, retry=Retry(NoBackoff(), 1))
+    client.set("before", b"1")
+    forwards = fake_k8s.server.forwards
+    forwards.reject_next = 5
+    forwards.drop_all()  # the API server cut the stream; the next 5 handshakes are refused
+    assert client.get("before") == b"1"
+    assert forwards.rejected == 5
+    client.set("after", b"2")
+    assert client.get("after") == b"2"
+    drv.stop_server(spec)
+
+
 def test_workers_scale_by_patching_the_job_and_reach_redis_by_service_name(fake_k8s, cluster) -> None:
     drv, spec, secrets = cluster
     handle = drv.start_server(spec, secrets)

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+OPEN_RETRY_WINDOW = 10.0  # seconds a rejected port-forward handshake is retried (redis-py waits 30 s)
+
 
 class PortForwarder:
     """Listens on 127.0.0.1:<ephemeral>; `open_remote()` gives a socket to the pod's port."""
@@ -60,14 +62,30 @@ class PortForwarder:
                 return
             threading.Thread(target=self._bridge, args=(conn,), name="dp-port-forward-conn", daemon=True).start()
 
+    def _open_with_backoff(self) -> Any:
+        """Open the pod's side, retrying a rejected handshake (an API server under load answers
+        `Handshake status 400`) with backoff for up to OPEN_RETRY_WINDOW seconds, while the local
+        client waits on its accepted connection. Only a pod that stays unreachable fails it."""
+        deadline = time.monotonic() + OPEN_RETRY_WINDOW
+        delay = 0.1
+        while True:
+            try:
+                return self._open_remote()
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
+                if self._closed.is_set() or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("port-forward to %s failed (%s); retrying in %.1f s", self.what, exc, delay)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 2.0)
+
     def _bridge(self, conn: socket.socket) -> None:
         try:
-            forward, remote = self._open_remote()
+            forward, remote = self._open_with_backoff()
         except Exception as exc:  # noqa: BLE001 - reported, and the client sees a closed socket
             now = time.monotonic()
             if now - self._last_warning > 30:  # a gone pod makes every reconnect fail: say it once
                 self._last_warning = now
-                log.warning("port-forward to %s failed: %s", self.what, exc)
+                log.warning("port-forward to %s failed for %.0f s: %s", self.what, OPEN_RETRY_WINDOW, exc)
             _close(conn)
             return
         with self._lock:
