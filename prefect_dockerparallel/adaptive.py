@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,27 @@ class Autoscaler:
         """(seconds since the cluster started, slots) for each change."""
         origin = started_at if started_at is not None else (self.history[0][0] if self.history else 0.0)
         return [(round(t - origin, 1), n) for t, n in self.history]
+
+
+def step(cluster: Any) -> None:
+    """One scaling step of a DockerCluster (its heartbeat thread calls it once per beat): grow at
+    once when tasks wait, shrink idle slots by retirement after `scale_down_after`."""
+    queue, scaler = cluster.queue, cluster.autoscaler
+    if queue is None or scaler is None:
+        return
+    joined, busy = queue.slot_usage()
+    with cluster._lock:
+        pending = queue.pending()
+        target = scaler.decide(cluster.expected, pending, joined, busy)
+        if target is None or cluster.queue is None:
+            return
+        queue.cancel_retirement()
+        if target > cluster.expected:
+            cluster.decision_log.info("adaptive: %d task(s) waiting, %d slot(s) busy: scaling %s up from %d to %d "
+                                      "worker slots", pending, busy, cluster.name, cluster.expected, target)
+            cluster.set_worker_number(target)
+            return
+        cluster.decision_log.info("adaptive: %d slot(s) idle for %.0f s: scaling %s down from %d to %d worker slots",
+                                  joined - busy, scaler.policy.scale_down_after, cluster.name, cluster.expected, target)
+        cluster.expected = target
+        queue.retire(joined - target)  # idle slots leave on their own; busy ones finish first

@@ -8,6 +8,7 @@ the ones that ran out of attempts with a message naming the worker, and heals lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -80,6 +81,7 @@ class DockerCluster:
         min_workers: int | None = None,
         max_workers: int | None = None,
         scale_down_after: float | None = None,
+        keep_alive: float | None = None,
     ):
         if workers is not None and workers < 0:
             raise ValueError(f"workers={workers} is invalid: the number of workers must be >= 0")
@@ -102,6 +104,16 @@ class DockerCluster:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
         )
+        if keep_alive is not None and (isinstance(keep_alive, bool) or not keep_alive > 0):
+            raise ValueError(f"keep_alive={keep_alive!r} is invalid: give the seconds a warm cluster stays up "
+                             "after its last flow run, a number > 0 (or None to tear down at once)")
+        self.keep_alive = float(keep_alive) if keep_alive else None
+        if self.keep_alive and name is None:
+            from .warm import warm_cluster_name
+
+            self.spec = dataclasses.replace(self.spec, name=warm_cluster_name(self.spec, self.keep_alive, self.driver.kind))
+        if self.keep_alive:
+            stop_on_exit = False  # a warm cluster outlives this object; its lease stops it
         self.driver.validate(self.spec)
         self.expected = self.spec.workers
         self.stop_on_exit = stop_on_exit
@@ -159,7 +171,7 @@ class DockerCluster:
         self.queue = TaskQueue(client, self.name)
         self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes, cluster=self.name)
         self.blobs = BlobStore(self.queue, self.signer)
-        self.queue.beat_driver(self.spec.idle_timeout)
+        self.queue.beat_driver(self.lease_ttl)
         self.queue.publish_meta({**versions(), **self.extra_meta})
         self._ship()
         self.listener = ResultListener(self.queue, self.signer)
@@ -200,9 +212,21 @@ class DockerCluster:
                 raise RuntimeError(f"cluster {self.name!r} is not running on {self.driver.kind}; start() it instead")
             check_not_expired(self.name, handle.ca_pem)
             self.server, self.secrets = handle, secrets
+            self.started_at = time.monotonic()  # this object's share of the cluster's time
             self._connect()
             self.expected = self.worker_numbers().running or self.expected
         return self
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long the cluster lives on after this driver's last heartbeat (dead-man's switch)."""
+        return max(self.spec.idle_timeout, self.keep_alive or 0.0)
+
+    def detach(self, pending: tuple[str, str] | None = None) -> None:
+        """Leave a warm cluster running for the next flow run (see warm.py)."""
+        from .warm import detach
+
+        detach(self, pending)
 
     def stop_server(self) -> None:
         self._shutdown_channel()
@@ -286,26 +310,11 @@ class DockerCluster:
                 self.queue.retire(surplus_slots)
 
     def _adapt(self) -> None:
-        """One adaptive-scaling step (heartbeat thread): grow at once when tasks wait, shrink
-        idle slots by retirement after `scale_down_after` (see adaptive.py)."""
-        queue, scaler = self.queue, self.autoscaler
-        if queue is None or scaler is None:
-            return
-        joined, busy = queue.slot_usage()
-        with self._lock:
-            target = scaler.decide(self.expected, queue.pending(), joined, busy)
-            if target is None or self.queue is None:
-                return
-            queue.cancel_retirement()
-            if target > self.expected:
-                self.decision_log.info("adaptive: %d task(s) waiting, %d slot(s) busy: scaling %s up from %d to %d worker slots",
-                         queue.pending(), busy, self.name, self.expected, target)
-                self.set_worker_number(target)
-                return
-            self.decision_log.info("adaptive: %d slot(s) idle for %.0f s: scaling %s down from %d to %d worker slots",
-                     joined - busy, scaler.policy.scale_down_after, self.name, self.expected, target)
-            self.expected = target
-            queue.retire(joined - target)  # idle slots leave on their own; busy ones finish first
+        """One adaptive-scaling step, from the heartbeat thread (see adaptive.py)."""
+        if self.autoscaler is not None and self.queue is not None:
+            from .adaptive import step
+
+            step(self)
 
     def worker_numbers(self) -> WorkerNumbers:
         running = self.queue.live_workers() if self.queue else 0
@@ -369,7 +378,7 @@ class DockerCluster:
         queue, signer, listener = self.queue, self.signer, self.listener
         if queue is None or signer is None or listener is None:
             return
-        queue.beat_driver(self.spec.idle_timeout)
+        queue.beat_driver(self.lease_ttl)
         if not queue.read_meta():
             listener.fail_all("the cluster's Redis server lost its data (it restarted); the task did not finish")
             queue.publish_meta({**versions(), **self.extra_meta})

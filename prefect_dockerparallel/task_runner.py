@@ -42,6 +42,7 @@ _CONFIG_FIELDS = (
     "min_workers",
     "max_workers",
     "scale_down_after",
+    "keep_alive",
 )
 PROVIDER_KINDS = ("local", "docker", "ecs", "aks")
 log = logging.getLogger("prefect_dockerparallel.task_runner")
@@ -194,6 +195,11 @@ def validate_overrides(overrides: dict[str, Any]) -> None:
         raise ValueError(f"workers={workers!r} is invalid: give the number of worker slots, an integer >= 0")
     AdaptivePolicy.from_fields(overrides.get("min_workers"), overrides.get("max_workers"),
                                overrides.get("scale_down_after"))
+    keep_alive = overrides.get("keep_alive")
+    if keep_alive is not None and (isinstance(keep_alive, bool) or not isinstance(keep_alive, (int, float))
+                                   or keep_alive <= 0):
+        raise ValueError(f"keep_alive={keep_alive!r} is invalid: give the seconds a warm cluster stays up after "
+                         "its last flow run, a number > 0 (or None to tear down at once)")
     provider = overrides.get("provider")
     if provider is None:
         return
@@ -311,8 +317,13 @@ class _Session:
         cluster.extra_meta["prefect"] = prefect.__version__
         logger = run_logger_or_default()
         cluster.decision_log = logger
-        logger.info("starting cluster %s on %s with %d workers", cluster.name, cluster.driver.kind, cluster.expected)
-        cluster.start()
+        if cluster.keep_alive:
+            from .warm import attach_or_start, describe
+
+            logger.info(describe(attach_or_start(cluster), cluster))
+        else:
+            logger.info("starting cluster %s on %s with %d workers", cluster.name, cluster.driver.kind, cluster.expected)
+            cluster.start()
         session = cls(cluster.queue, cluster.signer, cluster=cluster)
         session.progress = ProvisioningProgress(cluster.name, cluster.worker_numbers, logger=logger).start()
         return session

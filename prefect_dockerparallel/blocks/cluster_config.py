@@ -110,6 +110,11 @@ class ClusterConfig(refs.ReferencingParent, Block):
         default=None, ge=1, le=10_000, title="Adaptive: Max Workers",
         description="Adaptive scaling: at most this many slots while tasks wait. Empty: a fixed size of Workers.",
     )
+    keep_alive: OptionalCount = Field(
+        default=None, ge=1, le=86_400, title="Warm: Keep Alive (s)",
+        description=("Keep the cluster up this many seconds after a flow run ends, for the next run of this "
+                     "configuration to attach to. Empty: tear down at each run's end."),
+    )
     scale_down_after: float = Field(
         default=60, ge=0, le=86_400, title="Adaptive: Scale Down After",
         description="Adaptive scaling: seconds of idle slots (and no waiting task) before they are retired.",

@@ -128,6 +128,7 @@ def build_cluster(cluster: Any, overrides: dict[str, Any]) -> DockerCluster:
             "min_workers": config.min_workers,
             "max_workers": config.max_workers,
             "scale_down_after": config.scale_down_after,
+            "keep_alive": config.keep_alive,
         }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     driver = as_driver(fields.pop("provider", None))
@@ -144,7 +145,10 @@ def finish_cluster(cluster: DockerCluster, pending: tuple[str, str] | None = Non
     except Exception as exc:  # noqa: BLE001 - a report must never keep resources alive
         log.warning("could not publish the cluster summary: %s", exc)
     finally:
-        cluster.stop(**({"pending": pending} if pending else {}))
+        if cluster.keep_alive:
+            cluster.detach(pending)  # warm: the next run attaches; the lease stops it otherwise
+        else:
+            cluster.stop(**({"pending": pending} if pending else {}))
 
 
 def publish_summary(cluster: DockerCluster) -> None:
