@@ -18,7 +18,8 @@ from typing import Any
 
 from .adaptive import AdaptivePolicy, Autoscaler
 from .runner.futures import ResultListener
-from .protocol import KIND_RESULT, Signer, TaskQueue, connect
+from .protocol import KIND_RESULT, KIND_TASK, EnvelopeError, Signer, TaskQueue, connect
+from .protocol.limits import ENVELOPE_OVERHEAD
 from .protocol import keys as K
 from .protocol.blobs import BlobStore
 from .protocol.queue import versions
@@ -122,6 +123,7 @@ class DockerCluster:
         self.server: ServerHandle | None = None
         self.queue: TaskQueue | None = None
         self.signer: Signer | None = None
+        self.dead_lettered = 0  # elements put aside in Redis (oversized, forged, un-ackable): reported
         self.blobs: BlobStore | None = None
         self.listener: ResultListener | None = None
         self.extra_meta: dict[str, str] = {}
@@ -172,7 +174,7 @@ class DockerCluster:
         self.signer = Signer(self.secrets.signing_key, self.spec.max_payload_bytes, cluster=self.name)
         self.blobs = BlobStore(self.queue, self.signer)
         self.queue.beat_driver(self.lease_ttl)
-        self.queue.publish_meta({**versions(), **self.extra_meta})
+        self.queue.publish_meta(self._meta())
         self._ship()
         self.listener = ResultListener(self.queue, self.signer)
         self._beat_stop.clear()
@@ -195,6 +197,10 @@ class DockerCluster:
             from .shipping import ship
 
             self.shipment = ship(self.queue.redis, self.name, self.secrets.signing_key, self._prepared)
+
+    def _meta(self) -> dict[str, str]:
+        """What every joining worker reads first: versions, and the size it may read from Redis."""
+        return {**versions(), "max_payload_bytes": str(self.spec.max_payload_bytes), **self.extra_meta}
 
     def is_server_running(self) -> bool:
         return self.driver.server_handle(self.spec) is not None
@@ -381,19 +387,35 @@ class DockerCluster:
         queue.beat_driver(self.lease_ttl)
         if not queue.read_meta():
             listener.fail_all("the cluster's Redis server lost its data (it restarted); the task did not finish")
-            queue.publish_meta({**versions(), **self.extra_meta})
-        for r in queue.requeue_expired(self.spec.max_attempts):
+            queue.publish_meta(self._meta())
+        for r in queue.requeue_expired(self.spec.max_attempts, self.spec.max_payload_bytes + ENVELOPE_OVERHEAD):
             _, task_id, reply_to = K.split_ident(r.ident)
             why = self._why_lost(r.worker_id)
             if not r.exhausted:
                 log.warning("worker %s was lost%s; task %s re-queued", r.worker_id, why, task_id)
                 continue
+            try:  # act only on signed data: an element forged with the password names no task
+                env = signer.open(r.envelope or b"", check_expiry=False)
+                if env.kind != KIND_TASK:
+                    raise EnvelopeError(f"unexpected envelope kind {env.kind!r}")
+            except EnvelopeError as exc:
+                log.error("dropped an element claimed by lost worker %s: %s", r.worker_id, exc)
+                continue
+            _, task_id, reply_to = K.split_ident(env.ident)
             attempts = self.spec.max_attempts
             msg = f"task {task_id} was lost with worker {r.worker_id} after {attempts} attempt{'s' * (attempts != 1)}{why}"
             log.error(msg)
-            queue.push_result(reply_to, signer.dumps(KIND_RESULT, r.ident, ("lost", msg)))
-        for err in queue.errors():
+            queue.push_result(reply_to, signer.dumps(KIND_RESULT, env.ident, ("lost", msg)))
+        for err in queue.errors():  # escaped by the queue: no forged log lines
             log.error("%s", err)
+        dead = queue.dead_lettered()
+        if dead > self.dead_lettered:
+            latest = queue.dead_letters()[-1:] or [""]
+            log.error(
+                "cluster %s put %d element(s) aside that no worker may run (%d in all; see %s): %s",
+                self.name, dead - self.dead_lettered, dead, queue.keys.deadletter, latest[0][:300],
+            )
+            self.dead_lettered = dead
 
     def _fail_if_server_gone(self) -> None:
         """Redis does not answer: if the provider knows its server is gone for good (an exited

@@ -98,3 +98,68 @@ def test_replayed_expired_and_misdirected_envelopes_on_a_real_worker(tmp_path, c
         assert marker.read_text() == "once\n"
     finally:
         cluster.stop()
+
+
+def test_worker_refuses_an_oversized_reply_unread_and_puts_it_aside():
+    """Finding 8: a 20 MB element never reaches a worker limited to 64 kB; Lua puts it aside."""
+    from prefect_dockerparallel.protocol.limits import ReplyTooLarge
+
+    with RedisServer() as server:
+        queue = TaskQueue(server.client(), "big")
+        queue.limit_reads(65536)
+        queue.redis.lpush(queue.keys.tasks, b"x" * 20_000_000, b"DPE2" + b"y" * 100_000, b"small")
+        with pytest.raises(ReplyTooLarge):
+            queue.claim("w", 1)
+        assert queue.put_aside("w") == 1 and queue.dead_lettered() == 1
+        assert "[20000000 bytes: over 65536 bytes]" in queue.dead_letters()[0]
+        # claimed by the ack in passing: the next oversized one is put aside inside Redis
+        assert queue.ack("w", b"-", "L", None, claim_next=True) == b"small"
+        assert queue.dead_lettered() == 2 and queue.redis.llen(queue.keys.processing("w")) == 1
+
+
+def test_reaper_verifies_before_declaring_a_task_lost():
+    """Finding 7: elements forged into a dead worker's claims are dropped, never answered."""
+    signer = Signer(KEY)
+    with RedisServer() as server:
+        queue = TaskQueue(server.client(), "reap")
+        genuine = signer.seal(KIND_TASK, "P:real@L", b"1")
+        forged = Signer(b"z" * 32).seal(KIND_TASK, "P:victim@L", b"1")
+        queue.redis.sadd(queue.keys.workers, "dead\nFAKE LOG LINE")
+        queue.redis.lpush(queue.keys.processing("dead\nFAKE LOG LINE"), genuine, forged, b"x")
+        out = queue.requeue_expired(max_attempts=1)
+        assert {r.ident for r in out} == {"P:real@L", "P:victim@L"}  # unverified: log text only
+        assert all("\n" not in r.worker_id for r in out)  # escaped
+        verified = []
+        for r in out:
+            try:
+                verified.append(signer.open(r.envelope, check_expiry=False).ident)
+            except EnvelopeError:
+                pass
+        assert verified == ["P:real@L"]
+        assert queue.dead_lettered() == 1  # b"x": not even an envelope
+
+
+def _ok(i: int) -> int:
+    return i * 2
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_poison_elements_are_dead_lettered_while_normal_tasks_keep_flowing(caplog):
+    cluster = DockerCluster(workers=1, idle_timeout=30, max_payload_bytes=50_000).start()
+    try:
+        queue = cluster.queue
+        with cluster.executor() as ex:
+            assert ex.submit(_ok, 0).result(timeout=60) == 0  # the worker is up
+            # un-ackable: its listener's results key was made a string, so the ack's LPUSH fails
+            queue.redis.set(queue.keys.results("broken"), b"not a list")
+            unackable = cluster.signer.seal(KIND_TASK, make_ident("C", "p1", "broken"), b"\x80\x05N.")
+            oversized = b"DPE2" + b"z" * 200_000
+            forged = Signer(b"q" * 32, cluster=cluster.name).seal(KIND_TASK, "C:p3@x", b"")
+            queue.enqueue([unackable, oversized, forged])
+            futures = [ex.submit(_ok, i) for i in range(1, 21)]
+            assert [f.result(timeout=120) for f in futures] == [i * 2 for i in range(1, 21)]
+            assert wait_until(lambda: cluster.dead_lettered >= 3, 30), cluster.dead_lettered
+            assert queue.pending() == 0
+        assert "put 1 element(s) aside" in caplog.text or "element(s) aside" in caplog.text
+    finally:
+        cluster.stop()

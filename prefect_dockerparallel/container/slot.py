@@ -19,6 +19,7 @@ from . import link as runtime
 from ..protocol import KIND_RESULT, KIND_TASK, EnvelopeError, EnvelopeExpired, Signer, TaskQueue, connect_from_env
 from ..protocol import keys as K
 from ..protocol.blobs import BlobResolver
+from ..protocol.limits import ENVELOPE_OVERHEAD, ReplyTooLarge
 from .engine import (
     PrefectRuntime,
     ResultNotSerializable,
@@ -32,6 +33,7 @@ log = logging.getLogger("prefect_dockerparallel.worker")
 
 EXIT_VERSION_MISMATCH = 3
 REDIS_RETRY_INTERVAL = 1.0  # while Redis is unreachable (a network partition), try again this often
+ACK_ATTEMPTS = 3  # an ack Redis refuses (not a network error) this often: the element is put aside
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 T = TypeVar("T")
 
@@ -119,7 +121,10 @@ class WorkerSlot:
         raise TimeoutError("the driver never published its versions; is this the right cluster?")
 
     def run(self) -> int:
-        mismatch = check_versions(self.wait_for_driver_meta())
+        meta = self.wait_for_driver_meta()
+        if int(meta.get("max_payload_bytes") or 0) > 0:  # never read more than that from Redis
+            self.queue.limit_reads(int(meta["max_payload_bytes"]) + ENVELOPE_OVERHEAD)
+        mismatch = check_versions(meta)
         if mismatch:
             msg = f"worker {self.worker_id} refused to join: version mismatch ({mismatch})"
             self.queue.report_error(msg)
@@ -175,7 +180,7 @@ class WorkerSlot:
             self._refuse(envelope, str(exc))
             listener = K.split_ident(exc.ident)[2]
             err = RuntimeError(f"the task was not run: {exc}")
-            self.queue.ack(self.worker_id, envelope, listener, self.signer.dumps(KIND_RESULT, exc.ident, ("err", err)))
+            self._ack(envelope, listener, self.signer.dumps(KIND_RESULT, exc.ident, ("err", err)))
             return None
         except EnvelopeError as exc:  # unauthenticated: drop it unread, tell the driver
             self._refuse(envelope, str(exc))
@@ -192,15 +197,12 @@ class WorkerSlot:
                 f"worker {self.worker_id} could not load the task: {exc!r}"
                 + ("; install the module in the worker image or add it to pip_packages" if hint else "")
             )
-            result = self.signer.dumps(KIND_RESULT, env.ident, ("err", err))
-            self.queue.ack(self.worker_id, envelope, listener, result, ident=env.ident)
+            self._ack(envelope, listener, self.signer.dumps(KIND_RESULT, env.ident, ("err", err)), ident=env.ident)
             return None
         outcome = self.execute(call)
         result = self.seal_result(env.ident, outcome, call)
         try:
-            return self.queue.ack(
-                self.worker_id, envelope, listener, result, claim_next=not self._stop.is_set(), ident=env.ident
-            )
+            return self._ack(envelope, listener, result, claim_next=not self._stop.is_set(), ident=env.ident)
         except UNREACHABLE:
             # The ack is one atomic script: running it again at worst pushes a duplicate result,
             # which the listener drops. A next claim whose reply was lost is given back.
@@ -209,15 +211,41 @@ class WorkerSlot:
             return None
 
     def _refuse(self, envelope: bytes, why: str) -> None:
-        """Drop an envelope from this slot's claims without running it, and tell the driver."""
+        """Put an envelope aside (dead-letter, counted) without running it, and tell the driver."""
         msg = f"worker {self.worker_id} rejected an envelope: {why}"
         log.error(msg)
         self.queue.report_error(msg)
-        self.queue.ack(self.worker_id, envelope, "", None)
+        self.queue.put_aside(self.worker_id, envelope, why[:200])
+
+    def _ack(self, envelope: bytes, listener: str, result: bytes | None, claim_next: bool = False,
+             ident: str | None = None) -> bytes | None:
+        """The ack, retried a bounded number of times when Redis refuses it (a results key of the
+        wrong type, out of memory); then the element is put aside instead of going back to the
+        queue, where it would be claimed, fail and come back forever. Network errors propagate."""
+        for attempt in range(1, ACK_ATTEMPTS + 1):
+            try:
+                return self.queue.ack(self.worker_id, envelope, listener, result, claim_next=claim_next, ident=ident)
+            except UNREACHABLE:
+                raise
+            except redis.RedisError as exc:
+                error = exc
+                time.sleep(0.1 * attempt)
+        why = f"the ack failed {ACK_ATTEMPTS} times: {error}"
+        msg = f"worker {self.worker_id} put an envelope aside: {why}"
+        log.error(msg)
+        self.queue.put_aside(self.worker_id, envelope, why[:200])
+        self.queue.report_error(msg)
+        return None
 
     def _claim(self) -> bytes | None:
         try:
             return self.queue.claim(self.worker_id, K.BLOCKING_POP_TIMEOUT)
+        except ReplyTooLarge as exc:  # refused unread: it sits in our processing list, put it aside
+            msg = f"worker {self.worker_id} put an oversized element aside: {exc}"
+            log.error(msg)
+            self._patiently(lambda: self.queue.put_aside(self.worker_id, None, "oversized"))
+            self._patiently(lambda: self.queue.report_error(msg))
+            return None
         except UNREACHABLE:
             # A claim whose reply was lost may have moved an envelope into our processing list,
             # where our own lease would hide it from the reaper: give it back once Redis answers.

@@ -88,6 +88,16 @@ class Keys:
         """Set of envelope ids acked in this cluster (expires with the envelopes): replays refused."""
         return self.prefix + "acked"
 
+    @property
+    def deadletter(self) -> str:
+        """Bounded trace (last 100) of elements put aside: oversized, undecodable, un-ackable."""
+        return self.prefix + "deadletter"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters (`dead_lettered`) the driver reports."""
+        return self.prefix + "stats"
+
     def results(self, listener: str) -> str:
         """List of signed result envelopes for one listener (the driver, or a nested runner)."""
         return self.prefix + "results:" + listener

@@ -18,18 +18,53 @@ from redis.connection import SSLConnection
 from redis.retry import Retry
 
 from .keys import BLOB_TTL, ENV_REDIS_CA, ENV_REDIS_HOST, ENV_REDIS_PASSWORD, ENV_REDIS_PORT, ENV_REDIS_TLS
-from .envelope import ENVELOPE_TTL
+from .envelope import ENVELOPE_TTL, peek_ident
 from .keys import ENV_REDIS_TLS_NAME
+from .limits import limit_replies, safe_text
 from .keys import STOP_SENTINEL, WORKER_LEASE_TTL, Keys
+
+# Shared by the scripts below: keep a bounded trace of an element put aside (its first 200 bytes,
+# its size, why) and count it; the driver reports the count. KEYS are passed in by the caller.
+_DEAD_LETTER_FN = """
+local function dead_letter(list, stats, item, why)
+  redis.call('RPUSH', list, string.sub(item, 1, 200) .. ' [' .. #item .. ' bytes: ' .. why .. ']')
+  redis.call('LTRIM', list, -100, -1)
+  redis.call('HINCRBY', stats, 'dead_lettered', 1)
+end
+"""
+
+# Put aside this worker's claimed elements that it must not read (over `limit` bytes), or the
+# one element ARGV[2] that it could not ack. KEYS: processing list, dead-letter list, stats.
+# ARGV: limit (0 = none), element ('' = none), why. Returns how many were put aside.
+_PUT_ASIDE_LUA = _DEAD_LETTER_FN + """
+local n = 0
+if ARGV[2] ~= '' then
+  n = redis.call('LREM', KEYS[1], 1, ARGV[2])
+  if n > 0 then dead_letter(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) end
+end
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if #item > limit then
+      redis.call('LREM', KEYS[1], 1, item)
+      dead_letter(KEYS[2], KEYS[3], item, 'over ' .. limit .. ' bytes')
+      n = n + 1
+    end
+  end
+end
+return n
+"""
 
 # Ack in one command: publish the result, drop the claim and (optionally) claim the next
 # envelope, atomically as MULTI/EXEC would. One reply to parse instead of five: redis-py's
 # MULTI pipeline was 11% of a worker's CPU in the no-op benchmark.
 # The acked id joins the cluster's acked set in the same call (a replayed copy is refused), and a
 # next envelope whose id is already acked is dropped here, before the worker reads it.
-# KEYS: results list, processing list, task list, acked set, errors list.
-# ARGV: result ('' = none), envelope, claim next, acked id ('' = none), acked-set TTL, worker id.
-_ACK_LUA = """
+# A next element over the worker's size limit is dead-lettered here too, never sent to it.
+# KEYS: results list, processing list, task list, acked set, errors list, dead-letter list, stats.
+# ARGV: result ('' = none), envelope, claim next, acked id ('' = none), acked-set TTL, worker id,
+# largest element the worker reads (0 = no limit).
+_ACK_LUA = _DEAD_LETTER_FN + """
 if ARGV[1] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[1]) end
 redis.call('LREM', KEYS[2], 1, ARGV[2])
 if ARGV[4] ~= '' then
@@ -40,18 +75,27 @@ if ARGV[3] ~= '1' then return false end
 for _ = 1, 100 do
   local nxt = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
   if not nxt then return false end
-  local idlen = string.byte(nxt, 6)
-  if not idlen or redis.call('SISMEMBER', KEYS[4], string.sub(nxt, 7, 6 + idlen)) == 0 then return nxt end
-  redis.call('LREM', KEYS[2], 1, nxt)
-  redis.call('RPUSH', KEYS[5], 'worker ' .. ARGV[6] .. ' dropped a replayed envelope (its id was already acked)')
+  local limit = tonumber(ARGV[7])
+  if limit > 0 and #nxt > limit then
+    redis.call('LREM', KEYS[2], 1, nxt)
+    dead_letter(KEYS[6], KEYS[7], nxt, 'over ' .. limit .. ' bytes (claimed by ' .. ARGV[6] .. ')')
+  else
+    local idlen = string.byte(nxt, 6)
+    if not idlen or redis.call('SISMEMBER', KEYS[4], string.sub(nxt, 7, 6 + idlen)) == 0 then return nxt end
+    redis.call('LREM', KEYS[2], 1, nxt)
+    redis.call('RPUSH', KEYS[5], 'worker ' .. ARGV[6] .. ' dropped a replayed envelope (its id was already acked)')
+  end
 end
 return false
 """
 
 # Re-queue every envelope of workers whose lease expired. KEYS[1]=workers set, KEYS[2]=tasks,
-# KEYS[3]=attempts hash; ARGV[1]=key prefix, ARGV[2]=max attempts.
-# Returns a flat list: task_id, worker_id, outcome ("requeued" | "exhausted"), ...
-_REQUEUE_LUA = """
+# KEYS[3]=attempts hash, KEYS[4]=dead-letter list, KEYS[5]=stats; ARGV[1]=key prefix,
+# ARGV[2]=max attempts, ARGV[3]=largest element returned to the driver.
+# Returns a flat list: outcome, worker_id, data, ... where data is the (unverified) task id for
+# "requeued" and the whole element for "exhausted": the driver verifies it before it declares the
+# task lost. Elements too short to carry an id, or too large, are dead-lettered, never returned.
+_REQUEUE_LUA = _DEAD_LETTER_FN + """
 local out = {}
 local workers = redis.call('SMEMBERS', KEYS[1])
 for _, wid in ipairs(workers) do
@@ -60,13 +104,17 @@ for _, wid in ipairs(workers) do
     local items = redis.call('LRANGE', plist, 0, -1)
     for _, item in ipairs(items) do
       local idlen = string.byte(item, 6)
-      local tid = string.sub(item, 7, 6 + idlen)
-      local n = redis.call('HINCRBY', KEYS[3], tid, 1)
-      if n >= tonumber(ARGV[2]) then
-        table.insert(out, tid); table.insert(out, wid); table.insert(out, 'exhausted')
+      if not idlen or #item < 6 + idlen or #item > tonumber(ARGV[3]) then
+        dead_letter(KEYS[4], KEYS[5], item, 'not an envelope or too large (claimed by a lost worker)')
       else
-        redis.call('RPUSH', KEYS[2], item)
-        table.insert(out, tid); table.insert(out, wid); table.insert(out, 'requeued')
+        local tid = string.sub(item, 7, 6 + idlen)
+        local n = redis.call('HINCRBY', KEYS[3], tid, 1)
+        if n >= tonumber(ARGV[2]) then
+          table.insert(out, 'exhausted'); table.insert(out, wid); table.insert(out, item)
+        else
+          redis.call('RPUSH', KEYS[2], item)
+          table.insert(out, 'requeued'); table.insert(out, wid); table.insert(out, tid)
+        end
       end
     end
     redis.call('DEL', plist)
@@ -175,9 +223,10 @@ def connect_from_env(env: dict[str, str] | None = None) -> redis.Redis:
 
 @dataclass(frozen=True)
 class Requeued:
-    ident: str
-    worker_id: str
+    ident: str  # unverified, escaped: for log lines only
+    worker_id: str  # unverified, escaped
     exhausted: bool
+    envelope: bytes | None = None  # the element, when exhausted: verify before acting on it
 
 
 class TaskQueue:
@@ -188,6 +237,8 @@ class TaskQueue:
         self.keys = Keys(cluster)
         self._requeue = client.register_script(_REQUEUE_LUA)
         self._ack = client.register_script(_ACK_LUA)
+        self._put_aside = client.register_script(_PUT_ASIDE_LUA)
+        self.max_element_bytes = 0  # a worker sets it from the driver's max_payload_bytes (limit_replies)
         self._withdraw = client.register_script(_WITHDRAW_LUA)
 
     # -- driver side -------------------------------------------------------------------------
@@ -221,15 +272,27 @@ class TaskQueue:
     def push_result(self, listener: str, result: bytes) -> None:
         self.redis.lpush(self.keys.results(listener), result)
 
-    def requeue_expired(self, max_attempts: int) -> list[Requeued]:
+    def requeue_expired(self, max_attempts: int, max_element_bytes: int = 2**31) -> list[Requeued]:
+        """Re-queue the claims of lost workers. Ids and worker ids are unverified text from Redis
+        (escaped); an exhausted entry carries its raw `envelope` for the caller to verify."""
         raw = self._requeue(
-            keys=[self.keys.workers, self.keys.tasks, self.keys.attempts],
-            args=[self.keys.prefix, max_attempts],
+            keys=[self.keys.workers, self.keys.tasks, self.keys.attempts, self.keys.deadletter, self.keys.stats],
+            args=[self.keys.prefix, max_attempts, max_element_bytes],
         )
         out = []
         for i in range(0, len(raw), 3):
-            out.append(Requeued(raw[i].decode(), raw[i + 1].decode(), raw[i + 2] == b"exhausted"))
+            exhausted = raw[i] == b"exhausted"
+            ident = (peek_ident(raw[i + 2]) or "?") if exhausted else raw[i + 2].decode(errors="replace")
+            out.append(Requeued(safe_text(ident), safe_text(raw[i + 1]), exhausted, raw[i + 2] if exhausted else None))
         return out
+
+    def dead_lettered(self) -> int:
+        """How many elements were put aside in this cluster (oversized, undecodable, un-ackable)."""
+        return int(self.redis.hget(self.keys.stats, "dead_lettered") or 0)
+
+    def dead_letters(self) -> list[str]:
+        """The bounded trace of put-aside elements (first bytes, size, why), escaped."""
+        return [safe_text(e) for e in self.redis.lrange(self.keys.deadletter, 0, -1)]
 
     def withdraw(self, listener: str) -> list[bytes]:
         """Atomically remove and return the still-unclaimed envelopes whose results go to
@@ -253,7 +316,7 @@ class TaskQueue:
         pipe.lrange(self.keys.errors, 0, -1)
         pipe.delete(self.keys.errors)
         raw, _ = pipe.execute()
-        return [e.decode(errors="replace") for e in raw]
+        return [safe_text(e) for e in raw]  # written by workers, or by anyone with the password
 
     def retire(self, slots: int) -> None:
         """Ask `slots` idle worker slots to exit (graceful scale-down)."""
@@ -339,10 +402,21 @@ class TaskQueue:
         a next envelope whose id is already acked is dropped (and reported) without being read.
         """
         keys = [self.keys.results(listener), self.keys.processing(worker_id), self.keys.tasks,
-                self.keys.acked, self.keys.errors]
+                self.keys.acked, self.keys.errors, self.keys.deadletter, self.keys.stats]
         args = [result if result is not None else b"", envelope, b"1" if claim_next else b"0",
-                ident or "", int(ENVELOPE_TTL), worker_id]
+                ident or "", int(ENVELOPE_TTL), worker_id, self.max_element_bytes]
         return self._ack(keys=keys, args=args)
+
+    def limit_reads(self, max_element_bytes: int) -> None:
+        """Never read a reply over `max_element_bytes` again; Lua puts larger claims aside unread."""
+        self.max_element_bytes = max_element_bytes
+        limit_replies(self.redis, max_element_bytes)
+
+    def put_aside(self, worker_id: str, envelope: bytes | None = None, why: str = "") -> int:
+        """Dead-letter this worker's oversized claims (never read), and `envelope` if given (one
+        it could not ack after bounded attempts). Counted; the driver reports the count."""
+        keys = [self.keys.processing(worker_id), self.keys.deadletter, self.keys.stats]
+        return int(self._put_aside(keys=keys, args=[self.max_element_bytes, envelope or b"", why]))
 
     def is_acked(self, ident: str) -> bool:
         """True when an envelope with this (verified) id was acked already: a replay."""

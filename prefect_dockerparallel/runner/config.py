@@ -181,4 +181,10 @@ def publish_summary(cluster: DockerCluster) -> None:
         cluster_name=cluster.name,
         wall_seconds=seconds,
     )
+    if cluster.dead_lettered:
+        markdown += (
+            f"\n\n**{cluster.dead_lettered} element(s) put aside** (dead-lettered: oversized, forged, or "
+            "impossible to ack) instead of being run; someone with the Redis password pushed them, or a "
+            "worker could not ack. The driver's log names each one."
+        )
     publish_summary_artifact(markdown, spec.flow_run_id, key=f"dockerparallel-{cluster.name}")
