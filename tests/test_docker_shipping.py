@@ -164,3 +164,86 @@ def test_python_flow_py_from_elsewhere_ships_the_users_code(docker_tracker, test
     # are uploaded again; what is skipped is an upload to a cluster that already holds them.
     second = _run_flow(project, elsewhere, args, container_api.api_url)
     assert second["code"]["digest"] == first["code"]["digest"] and second["uploaded"] == first["uploaded"]
+
+
+SERVED = """\
+import json, os
+from pathlib import Path
+from prefect import flow, task
+from prefect_dockerparallel import DockerParallelTaskRunner, DockerProvider
+from prefect_dockerparallel.specs import ContainerSpec
+
+import helpers
+
+@task
+def work(x):
+    return {"value": helpers.triple(x), "helpers": helpers.__file__}
+
+runner = DockerParallelTaskRunner(
+    provider=DockerProvider(start_timeout=60, pull="never"),
+    container=ContainerSpec(image=os.environ["DP_IMAGE"], server_image=os.environ["DP_SERVER_IMAGE"], workers_per_container=1),
+    workers=1, worker_memory=512, idle_timeout=30, tags={"dp-test-owner": os.environ["DP_OWNER"]})
+
+@flow(task_runner=runner)
+def served_flow(out: str, n: int = 3):
+    Path(out).write_text(json.dumps([f.result() for f in work.map(range(n))]))
+
+if __name__ == "__main__":
+    served_flow.serve(name=os.environ["DP_DEPLOYMENT"])
+"""
+
+
+def test_served_deployment_ships_the_flow_file_and_its_helpers(docker_tracker, test_images, dev_worker_image,
+                                                               container_api, tmp_path):
+    """flow.serve: Prefect loads the flow file by path in a subprocess (module `flow`, not
+    `__main__`), so tasks pickle by reference to it: the flow file ships too."""
+    import signal
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "flow.py").write_text(SERVED)
+    (project / "helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    name = f"ship-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PREFECT_API_URL": container_api.api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "PYTHONPATH": "", "DP_IMAGE": image_of(test_images, "prefect"), "DP_SERVER_IMAGE": dev_worker_image,
+           "DP_OWNER": docker_tracker.owner, "DP_DEPLOYMENT": name}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(project / "flow.py")], cwd=elsewhere, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out = tmp_path / "out.json"
+    try:
+        def deployment():
+            with get_client(sync_client=True) as client:
+                try:
+                    return client.read_deployment_by_name(f"served-flow/{name}")
+                except Exception:  # noqa: BLE001 - not registered yet
+                    return None
+
+        found = wait_until(deployment, timeout=90, interval=0.5)
+        assert found, (tmp_path / "serve.log").read_text()[-3000:]
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run_from_deployment(found.id, parameters={"out": str(out)})
+
+        def final_state():
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            return state if state and state.is_final() else None
+
+        state = wait_until(final_state, timeout=300, interval=1)
+        assert state and state.is_completed() and out.exists(), (state, (tmp_path / "serve.log").read_text()[-5000:])
+        results = json.loads(out.read_text())
+        assert [r["value"] for r in results] == [0, 3, 6]
+        assert all(r["helpers"].startswith("/tmp/dp-ship-") for r in results), results
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

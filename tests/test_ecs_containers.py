@@ -139,3 +139,26 @@ def test_a_worker_task_killed_for_memory_is_reported_with_ecs_reason(
         assert failures and OOM_REASON in failures[0] and "exit code 137" in failures[0], failures
     assert OOM_REASON in caplog.text
     assert wait_until(lambda: not agent.running(), 30), agent.running()
+
+
+def whence() -> str:
+    import os
+
+    import prefect_dockerparallel
+
+    return f"{prefect_dockerparallel.__file__} {os.environ.get('DOCKERPARALLEL_SHIPPED')}"
+
+
+def test_a_stock_prefect_worker_task_gets_the_package_from_redis(
+    moto_agent: tuple[str, FakeFargateAgent], dev_worker_image: str, test_images: dict, container_api: object,  # noqa: F811
+) -> None:
+    """Zero-build workers on ECS: the worker task's image has Prefect but not this package; its
+    command (the inline bootstrap) fetches the package from the cluster's Redis."""
+    url, agent = moto_agent
+    driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30)
+    container = ContainerSpec(image=image_of(test_images, "prefect"), server_image=dev_worker_image,
+                              workers_per_container=1, install_self=None)
+    with DockerCluster(provider=driver, container=container, workers=1, worker_cpu=512, worker_memory=MEMORY_MB,
+                       idle_timeout=20) as cluster:
+        got = cluster.executor().submit(whence).result(timeout=180)
+        assert got.startswith("/tmp/dp-ship-") and "prefect_dockerparallel=" in got, got

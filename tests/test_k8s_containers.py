@@ -81,3 +81,27 @@ def test_a_worker_pod_killed_for_memory_is_reported_with_its_reason(
         assert failures and "OOMKilled" in failures[0], failures
     assert "OOMKilled" in caplog.text
     assert wait_until(lambda: not fake.labelled(O.cluster_selector(cluster.name)), 30)
+
+
+def whence() -> str:
+    import os
+
+    import prefect_dockerparallel
+
+    return f"{prefect_dockerparallel.__file__} {os.environ.get('DOCKERPARALLEL_SHIPPED')}"
+
+
+def test_a_stock_prefect_worker_pod_gets_the_package_from_redis(
+    fake_k8s_containers, dev_worker_image: str, test_images: dict  # noqa: F811
+) -> None:
+    """Zero-build workers on Kubernetes: the worker pod's image has Prefect but not this
+    package; its command (the inline bootstrap) fetches the package from the cluster's Redis."""
+    from containers import image_of
+
+    driver = make_driver(fake_k8s_containers, start_timeout=90)
+    container = ContainerSpec(image=image_of(test_images, "prefect"), server_image=dev_worker_image,
+                              workers_per_container=1, install_self=None)
+    with DockerCluster(provider=driver, container=container, workers=1, worker_cpu=1024, worker_memory=MEMORY_MB,
+                       idle_timeout=20) as cluster:
+        got = cluster.executor().submit(whence).result(timeout=180)
+        assert got.startswith("/tmp/dp-ship-") and "prefect_dockerparallel=" in got, got

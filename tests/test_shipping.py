@@ -189,3 +189,20 @@ def test_bootstrap_needs_only_the_standard_library(tmp_path: Path) -> None:
     probe = source.replace('if __name__ == "__main__":', "if False:") + "\nprint('ok', 'prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.split() == ["ok", "False"], out.stderr
+
+
+def test_no_manifest_starts_the_images_package(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A driver that ships nothing (a provider driven directly): the image's package runs."""
+    out = _run_bootstrap(redis_server, os.urandom(32), tmp_path)
+    assert "no manifest in Redis (the driver ships nothing)" in out.stderr and "starting the worker" in out.stderr
+
+
+def test_a_flow_file_prefect_loaded_by_path_ships_as_one_module(tmp_path: Path) -> None:
+    """Deployments: Prefect loads `flow.py` as module `flow` with a __path__ of its folder and the
+    working directory; it is one file, not a package holding both folders."""
+    project = _project(tmp_path)
+    (project / "flow.py").write_text("X = 1\n")
+    flow_module = types.ModuleType("flow")
+    flow_module.__file__ = str(project / "flow.py")
+    flow_module.__path__ = [str(project), str(tmp_path)]
+    assert U.detect({"flow": flow_module}) == [U.Unit("flow.py", project / "flow.py")]

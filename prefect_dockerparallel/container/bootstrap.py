@@ -169,8 +169,9 @@ def connect(env: dict) -> Resp:
     return client
 
 
-def fetch_manifest(env: dict, key: bytes, deadline: float) -> tuple[Resp, dict]:
-    """Poll for the signed manifest (the driver writes it before any worker starts)."""
+def fetch_manifest(env: dict, key: bytes, deadline: float) -> tuple[Resp, dict | None]:
+    """Poll for the signed manifest (the driver writes it before any worker starts). None when
+    Redis answers without one but the image has the package: a driver that ships nothing."""
     name = manifest_key(env[ENV["cluster"]])
     while True:
         try:
@@ -178,6 +179,8 @@ def fetch_manifest(env: dict, key: bytes, deadline: float) -> tuple[Resp, dict]:
             value = client.command("GET", name)
             if value is not None:
                 return client, json.loads(open_signed(key, MANIFEST_MAGIC, value, "the manifest"))
+            if installed_tree(PACKAGE) is not None:
+                return client, None
             client.close()
         except (OSError, ConnectionError) as exc:
             if time.monotonic() > deadline:
@@ -236,7 +239,10 @@ def main() -> int:
         key = bytes.fromhex(env[ENV["key"]])
         deadline = time.monotonic() + max(30.0, float(env.get(ENV["idle"], "60")))
         client, manifest = fetch_manifest(env, key, deadline)
-        needed = wanted(manifest)
+        if manifest is None:
+            log(f"no manifest in Redis (the driver ships nothing): starting the image's {PACKAGE}")
+            manifest = {"package": {}}
+        needed = wanted(manifest) if manifest["package"] else []
         shipped = []
         if needed:
             dest = tempfile.mkdtemp(prefix="dp-ship-")
@@ -247,7 +253,7 @@ def main() -> int:
                     f"({size} bytes, sha256 {entry['digest'][:12]}, verified; {reason})")
             path = os.environ.get("PYTHONPATH")
             os.environ["PYTHONPATH"] = dest + (os.pathsep + path if path else "")
-        else:
+        elif manifest["package"]:
             log(f"the image has {PACKAGE} {manifest['package'].get('version', '')} with the driver's sources: nothing fetched")
         client.close()
     except Refused as exc:
@@ -258,7 +264,8 @@ def main() -> int:
         return EXIT_UNREACHABLE
     os.environ[ENV["shipped"]] = ",".join(shipped) or "none"
     log(f"starting the worker ({time.monotonic() - started:.2f} s in the bootstrap)")
-    os.execv(sys.executable, [sys.executable, "-m", WORKER_MODULE])
+    entrypoint = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].startswith(PACKAGE + ".container.") else WORKER_MODULE
+    os.execv(sys.executable, [sys.executable, "-m", entrypoint])
     return 0  # not reached
 
 

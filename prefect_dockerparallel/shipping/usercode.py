@@ -68,15 +68,16 @@ def is_library(path: str) -> bool:
 
 def unit_of(name: str, module: ModuleType) -> list[Unit]:
     """The top-level unit(s) of a top-level module that is the user's (none if it is not)."""
-    if name in ("__main__", "__mp_main__", PACKAGE) or name.startswith("_"):
+    if name in ("__main__", "__mp_main__", PACKAGE):
         return []
-    locations = list(getattr(module, "__path__", None) or [])
-    if locations:  # a package, possibly a namespace package spread over folders
-        return [Unit(name, Path(p)) for p in locations if os.path.isdir(p) and not is_library(p)]
     file = getattr(module, "__file__", None)
-    if file and file.endswith(".py") and os.path.isfile(file) and not is_library(file):
-        return [Unit(f"{name}.py", Path(file))]
-    return []
+    if file and file.endswith(".py") and os.path.basename(file) != "__init__.py":
+        # a module file (also a flow file Prefect loaded by path for a deployment, which it gives
+        # a __path__ of the file's folder and the working directory: not a package)
+        return [Unit(f"{name}.py", Path(file))] if os.path.isfile(file) and not is_library(file) else []
+    locations = list(getattr(module, "__path__", None) or [])
+    # a package, possibly a namespace package spread over folders
+    return [Unit(name, Path(p)) for p in locations if os.path.isdir(p) and not is_library(p)]
 
 
 def detect(modules: Mapping[str, ModuleType] | None = None) -> list[Unit]:

@@ -191,7 +191,7 @@ class EcsDriver(Provider):
         plan = ContainerPlan(
             family=cfg.server_task_family if server else cfg.worker_task_family,
             role=role,
-            image=spec.container.image,
+            image=(spec.container.server_image or spec.container.image) if server else spec.container.image,
             command=server_command(spec) if server else spec.container.startup_script("worker"),
             size=FargateSize(spec.server_cpu, spec.server_memory) if server else self.worker_size(spec),
             environment=plain,

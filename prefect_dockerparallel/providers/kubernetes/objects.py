@@ -165,7 +165,7 @@ def server_pod(
 ) -> dict[str, Any]:
     container = {
         "name": "server",
-        "image": spec.container.image,
+        "image": spec.container.server_image or spec.container.image,
         "command": ["sh", "-c", spec.container.startup_script("server")],
         "env": env_list(spec, env),
         "ports": [{"name": "redis", "containerPort": port, "protocol": "TCP"}],
