@@ -193,16 +193,44 @@ class PayloadBuilder:
             batch.clear()
 
 
+def _flow_not_on_workers(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("the flow's function does not travel to the workers; only its tasks run there")
+
+
 def _flow_for_payload(flow: Any) -> Any:
-    """A shallow copy of the flow whose task runner carries no provider or credential."""
+    """A shallow copy of the flow for the workers: a task runner with no provider or credential,
+    and no function. Workers need the flow's identity and settings (name, result storage, its
+    runner for nested submits), never its body; pickled by value (a flow in `__main__`), the body
+    would drag every global it uses along, and one unpicklable global (a module-level
+    `threading.Lock`) would stop every submit."""
     import copy
 
-    runner = getattr(flow, "task_runner", None)
-    if not hasattr(runner, "payload_copy"):
-        return flow
     shipped = copy.copy(flow)
-    shipped.task_runner = runner.payload_copy()
+    runner = getattr(flow, "task_runner", None)
+    if hasattr(runner, "payload_copy"):
+        shipped.task_runner = runner.payload_copy()
+    stub = _stub_like(getattr(flow, "fn", None))
+    if stub is not None:
+        shipped.fn = stub
+        if "__wrapped__" in vars(shipped):
+            shipped.__wrapped__ = stub
     return shipped
+
+
+def _stub_like(fn: Any) -> Any:
+    """A function that refuses to run, under the flow function's names (reprs stay the same)."""
+    if fn is None or not callable(fn):
+        return None
+
+    def flow_function_not_shipped(*args: Any, **kwargs: Any) -> Any:
+        return _flow_not_on_workers(*args, **kwargs)
+
+    for name in ("__name__", "__qualname__", "__doc__"):  # not update_wrapper: no __wrapped__
+        try:
+            setattr(flow_function_not_shipped, name, getattr(fn, name))
+        except (AttributeError, TypeError):
+            pass
+    return flow_function_not_shipped
 
 
 def unpicklable_error(task: Any, parameters: dict[str, Any], exc: Exception) -> Exception:
@@ -214,6 +242,20 @@ def unpicklable_error(task: Any, parameters: dict[str, Any], exc: Exception) -> 
                 f"parameter {name!r} of task {getattr(task, 'name', task)!r} cannot be sent to the "
                 f"cluster because it cannot be pickled ({inner!r}); pass data the worker can rebuild "
                 "(a path, a URL, plain values) or create the object inside the task"
+            )
+    fn = getattr(task, "fn", None)
+    code, module_globals = getattr(fn, "__code__", None), getattr(fn, "__globals__", None) or {}
+    for name in getattr(code, "co_names", ()):
+        if name not in module_globals:
+            continue
+        try:
+            cloudpickle.dumps(module_globals[name])
+        except Exception as inner:  # noqa: BLE001
+            return UnpicklableParameter(
+                f"task {getattr(task, 'name', task)!r} cannot be sent to the cluster: it uses the global "
+                f"{name!r} of module {getattr(fn, '__module__', '?')!r} ({type(module_globals[name]).__name__}), "
+                f"which cannot be pickled ({inner!r}); create it inside the task, or move the task into "
+                "a module of its own that the workers import"
             )
     return UnpicklableParameter(
         f"task {getattr(task, 'name', task)!r} cannot be pickled for the cluster: {exc!r}"
