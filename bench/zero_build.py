@@ -34,7 +34,8 @@ def one_cluster(client, tracker, image: str, server_image: str) -> dict:
     from prefect_dockerparallel import DockerCluster, DockerProvider
     from prefect_dockerparallel.specs import ContainerSpec
 
-    spec = ContainerSpec(image=image, server_image=server_image, workers_per_container=1, ship_code=False)
+    spec = ContainerSpec(image=image, server_image=server_image, workers_per_container=1, ship_code=False,
+                         install_self=None)  # the server image has the package
     cluster = DockerCluster(provider=DockerProvider(start_timeout=60, pull="never"), container=spec, workers=1,
                             idle_timeout=30, worker_memory=512, tags={OWNER_LABEL: tracker.owner})
     with cluster:

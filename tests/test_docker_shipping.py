@@ -32,7 +32,7 @@ def whence() -> dict[str, str]:
 
 
 def _cluster(tracker, image: str, server_image: str, **container) -> DockerCluster:
-    spec = ContainerSpec(image=image, server_image=server_image, workers_per_container=1, **container)
+    spec = ContainerSpec(image=image, server_image=server_image, workers_per_container=1, install_self=None, **container)
     return DockerCluster(
         provider=DockerProvider(start_timeout=60, pull="never"), container=spec, workers=1, idle_timeout=30,
         worker_cpu=1024, worker_memory=512, tags={OWNER_LABEL: tracker.owner},
@@ -113,7 +113,7 @@ def work(x):
 
 runner = DockerParallelTaskRunner(
     provider=DockerProvider(start_timeout=60, pull="never"),
-    container=ContainerSpec(image=sys.argv[1], server_image=sys.argv[2], workers_per_container=2),
+    container=ContainerSpec(image=sys.argv[1], server_image=sys.argv[2], workers_per_container=2, install_self=None),
     workers=2, worker_memory=512, idle_timeout=30, tags={"dp-test-owner": sys.argv[3]})
 
 @flow(task_runner=runner)
@@ -181,7 +181,8 @@ def work(x):
 
 runner = DockerParallelTaskRunner(
     provider=DockerProvider(start_timeout=60, pull="never"),
-    container=ContainerSpec(image=os.environ["DP_IMAGE"], server_image=os.environ["DP_SERVER_IMAGE"], workers_per_container=1),
+    container=ContainerSpec(image=os.environ["DP_IMAGE"], server_image=os.environ["DP_SERVER_IMAGE"], workers_per_container=1,
+                            install_self=None),
     workers=1, worker_memory=512, idle_timeout=30, tags={"dp-test-owner": os.environ["DP_OWNER"]})
 
 @flow(task_runner=runner)

@@ -153,12 +153,15 @@ def test_a_stock_prefect_worker_task_gets_the_package_from_redis(
     moto_agent: tuple[str, FakeFargateAgent], dev_worker_image: str, test_images: dict, container_api: object,  # noqa: F811
 ) -> None:
     """Zero-build workers on ECS: the worker task's image has Prefect but not this package; its
-    command (the inline bootstrap) fetches the package from the cluster's Redis."""
+    command (the inline bootstrap) fetches the package from the cluster's Redis over verified TLS
+    (the cluster CA and the server's certificate name, as the ECS provider sets them)."""
     url, agent = moto_agent
-    driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30)
+    driver = make_driver(url, endpoint_map=agent.map_endpoint, poll_interval=0.1, start_timeout=90, stop_timeout=30,
+                         tls=True)
     container = ContainerSpec(image=image_of(test_images, "prefect"), server_image=dev_worker_image,
                               workers_per_container=1, install_self=None)
     with DockerCluster(provider=driver, container=container, workers=1, worker_cpu=512, worker_memory=MEMORY_MB,
                        idle_timeout=20) as cluster:
+        assert cluster.server.tls
         got = cluster.executor().submit(whence).result(timeout=180)
         assert got.startswith("/tmp/dp-ship-") and "prefect_dockerparallel=" in got, got
