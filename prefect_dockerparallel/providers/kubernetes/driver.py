@@ -17,7 +17,6 @@ importing `kubernetes` (in `ops.py` and `auth.py`): the import happens on first 
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import logging
 import os
@@ -28,10 +27,12 @@ from typing import Any, Callable
 from . import objects as O
 from .azure import AzureCredentials
 from ..base import REDIS_PORT, Provider, ProviderError, server_env, worker_env
+from .. import tls as tls_mod
+from . import security
 from ..readiness import poll, redis_answers
 from .forward import PortForwarder
 from .inventory import WorkerFailures, plan_workers, summarize
-from .ops import Api, pod_failure, pod_ready
+from .ops import Api, pod_failure, pod_ready, wait_server_pod
 from ...specs import (
     ClusterRecord,
     ClusterSecrets,
@@ -70,6 +71,8 @@ class KubernetesDriver(Provider):
         backoff_limit: int = 20,
         start_timeout: float = 600.0,
         poll_interval: float = 1.0,
+        tls: bool = True,
+        tls_lifetime: float = tls_mod.DEFAULT_LIFETIME,
     ) -> None:
         if access not in ACCESS_MODES:
             raise ValueError(f"access={access!r} is invalid: choose one of {ACCESS_MODES}")
@@ -89,6 +92,8 @@ class KubernetesDriver(Provider):
         }
         self.start_timeout = start_timeout
         self.poll_interval = poll_interval
+        self.tls = tls
+        self.tls_lifetime = tls_lifetime
         self.api = Api(kubeconfig=kubeconfig, context=context, in_cluster=in_cluster, azure=azure)
         self._forwards: dict[str, PortForwarder] = {}  # cluster name -> local port to its Redis
         self._forwards_lock = threading.Lock()
@@ -120,14 +125,15 @@ class KubernetesDriver(Provider):
         """
         self.validate(spec)
         lb = self.access == "loadbalancer"
-        ranges = self._source_ranges() if lb else []  # before creating anything
-        if lb:
+        ranges = security.source_ranges(self.source_ranges, self.egress_ip_url) if lb else []  # before creating anything
+        tls = security.certificate(spec, self.namespace, self.tls, self.tls_lifetime)
+        if lb and not tls:
             log.warning(
-                "cluster %s: access='loadbalancer' sends Redis traffic (password, task payloads with "
-                "the Prefect API key) unencrypted to a public IP limited to %s; access='port-forward' "
-                "keeps it inside the API server's TLS", spec.name, ", ".join(ranges),
+                "cluster %s: access='loadbalancer' with tls=False sends Redis traffic (password, task "
+                "payloads with the Prefect API key) unencrypted to a public IP limited to %s",
+                spec.name, ", ".join(ranges),
             )
-        parent, created = self._ensure_secret(spec, secrets)
+        parent, created = self._ensure_secret(spec, secrets, tls)
         try:
             svc = O.service(
                 spec, self.redis_port, parent, load_balancer=lb, source_ranges=ranges,
@@ -142,13 +148,14 @@ class KubernetesDriver(Provider):
                 self._wait(lambda: self.api.get("pods", self.namespace, pod_name) is None, 60, "old server pod to go")
                 existing = None
             if existing is None:
-                env = server_env(spec, secrets, port=self.redis_port)
+                stored = security.stored_tls(self.api, self.namespace, spec)  # this call's, or that of the cluster's existing Secret
+                env = server_env(spec, secrets, port=self.redis_port, tls=stored)
                 body = O.server_pod(spec, env, self.redis_port, parent, self.options)
                 self.api.create("pods", self.namespace, body, exist_ok=True)
             deadline = time.monotonic() + self.start_timeout
-            self._wait_server_pod(pod_name, deadline)
+            wait_server_pod(self.api, self.namespace, pod_name, deadline, self.poll_interval)
             handle = self._handle(spec, deadline)
-            self._wait_redis(handle.driver, secrets.redis_password, deadline)
+            self._wait_redis(handle, secrets.redis_password, deadline)
         except BaseException:
             if created:
                 try:
@@ -174,16 +181,7 @@ class KubernetesDriver(Provider):
             return None
 
     def read_secrets(self, spec: ClusterSpec) -> ClusterSecrets | None:
-        obj = self.api.get("secrets", self.namespace, O.secret_name(spec))
-        if obj is None:
-            return None
-        data = obj.get("data") or {}
-        try:
-            password = base64.b64decode(data[O.SECRET_KEYS[O.K.ENV_REDIS_PASSWORD]]).decode()
-            key = bytes.fromhex(base64.b64decode(data[O.SECRET_KEYS[O.K.ENV_SIGNING_KEY]]).decode())
-        except (KeyError, ValueError):
-            return None
-        return ClusterSecrets(redis_password=password, signing_key=key)
+        return security.stored_secrets(self.api, self.namespace, spec)
 
     # -- workers -------------------------------------------------------------------------
     def set_worker_containers(
@@ -207,8 +205,9 @@ class KubernetesDriver(Provider):
         for name, parallelism in plan.patches:
             self.api.patch("jobs", self.namespace, name, {"spec": {"parallelism": parallelism}})
         if plan.create:
+            tls_mod.check_not_expired(spec.name, server.ca_pem)  # a new worker could not verify the server
             parent = self._parent(spec)
-            env = worker_env(spec, secrets, server.workers, tls=server.tls)
+            env = worker_env(spec, secrets, server.workers, tls=server.tls, ca_pem=server.ca_pem)
             body = O.worker_job(spec, env, plan.create, plan.generation, parent, self.options)
             self.api.create("jobs", self.namespace, body)
 
@@ -293,9 +292,11 @@ class KubernetesDriver(Provider):
         if fwd is not None:
             fwd.close()
 
-    def _ensure_secret(self, spec: ClusterSpec, secrets: ClusterSecrets) -> tuple[dict[str, Any], bool]:
+    def _ensure_secret(
+        self, spec: ClusterSpec, secrets: ClusterSecrets, tls: tls_mod.ClusterTLS | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """(parent reference, whether this call created it)."""
-        body = O.secret(spec, secrets)
+        body = O.secret(spec, secrets, tls)
         created = self.api.create("secrets", self.namespace, body, exist_ok=True)
         if created is None:  # existed: same cluster (idempotent start) only with the same secrets
             found = self.read_secrets(spec)
@@ -313,26 +314,12 @@ class KubernetesDriver(Provider):
             raise ProviderError(f"the Secret of cluster {spec.name} is gone: the cluster was stopped")
         return {"name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"]}
 
-    def _source_ranges(self) -> list[str]:
-        """Explicit ranges, else this machine's egress IP as seen from the internet."""
-        if self.source_ranges:
-            return self.source_ranges
-        import httpx
-
-        try:
-            text = httpx.get(self.egress_ip_url, timeout=10).text.strip()
-            ip = ipaddress.ip_address(text)
-        except (httpx.HTTPError, ValueError):
-            raise ProviderError(
-                f"could not learn this machine's egress IP from {self.egress_ip_url}; set "
-                "source_ranges (CIDRs allowed to reach Redis) or use access='direct'"
-            ) from None
-        return [f"{ip}/{32 if ip.version == 4 else 128}"]
-
     def _handle(self, spec: ClusterSpec, deadline: float) -> ServerHandle:
         workers = Endpoint(O.service_dns(spec, self.namespace), self.redis_port)
+        stored = security.stored_tls(self.api, self.namespace, spec)
+        ca = stored.ca_pem if stored else None
         if self.access == "direct":
-            return ServerHandle(driver=workers, workers=workers)
+            return ServerHandle(driver=workers, workers=workers, tls=bool(ca), ca_pem=ca)
         if self.access == "port-forward":
             with self._forwards_lock:
                 fwd = self._forwards.get(spec.name)
@@ -340,7 +327,8 @@ class KubernetesDriver(Provider):
                     pod, port, ns = O.server_pod_name(spec), self.redis_port, self.namespace
                     fwd = PortForwarder(lambda: self.api.portforward(ns, pod, port), f"{ns}/{pod}:{port}")
                     self._forwards[spec.name] = fwd
-            return ServerHandle(driver=Endpoint("127.0.0.1", fwd.port), workers=workers)
+            # TLS inside the tunnel: 127.0.0.1 is in every cluster certificate
+            return ServerHandle(driver=Endpoint("127.0.0.1", fwd.port), workers=workers, tls=bool(ca), ca_pem=ca)
         name = O.service_name(spec)
         host: list[str] = []
 
@@ -355,33 +343,15 @@ class KubernetesDriver(Provider):
             return False
 
         self._wait(ingress, deadline - time.monotonic(), f"a load balancer address for Service {name}")
-        return ServerHandle(driver=Endpoint(host[0], self.redis_port), workers=workers)
+        # the load balancer's address is known only now: check the certificate for the Service's name
+        return ServerHandle(driver=Endpoint(host[0], self.redis_port), workers=workers, tls=bool(ca), ca_pem=ca,
+                            tls_name=workers.host if ca else None)
 
-    def _wait_server_pod(self, name: str, deadline: float) -> None:
-        last: dict[str, Any] = {}
-
-        def ready() -> bool:
-            pod = self.api.get("pods", self.namespace, name)
-            if pod is None:
-                raise ProviderError(f"server pod {name} was deleted while starting")
-            last["pod"] = pod
-            failure = pod_failure(pod)
-            if failure:
-                tail = self.api.pod_log(self.namespace, name, 20).strip()
-                raise ProviderError(f"server pod {name} failed: {failure}" + (f"\n{tail}" if tail else ""))
-            return pod_ready(pod)
-
+    def _wait_redis(self, handle: ServerHandle, password: str, deadline: float) -> None:
+        at = handle.driver
         try:
-            self._wait(ready, deadline - time.monotonic(), f"server pod {name} to be ready")
-        except TimeoutError as exc:
-            conds = [c.get("message") for c in (last.get("pod", {}).get("status", {}).get("conditions") or [])]
-            hint = "; ".join(c for c in conds if c)
-            raise ProviderError(f"{exc}" + (f" ({hint})" if hint else "")) from None
-
-    def _wait_redis(self, at: Endpoint, password: str, deadline: float) -> None:
-        try:
-            self._wait(lambda: redis_answers(at, password, timeout=5), deadline - time.monotonic(),
-                       f"Redis at {at} to accept clients")
+            self._wait(lambda: redis_answers(at, password, timeout=5, ca_pem=handle.ca_pem, tls_name=handle.tls_name),
+                       deadline - time.monotonic(), f"Redis at {at} to accept clients")
         except TimeoutError as exc:
             raise ProviderError(
                 f"{exc}: with access='loadbalancer' behind a NAT or proxy, set source_ranges to the "

@@ -25,7 +25,10 @@ CLUSTER_LABEL = "dockerparallel-cluster"
 FLOW_RUN_LABEL = "dockerparallel-flow-run"
 ROLE_LABEL = "dockerparallel-role"
 GENERATION_LABEL = "dockerparallel-generation"
-SECRET_KEYS = {K.ENV_REDIS_PASSWORD: "redis-password", K.ENV_SIGNING_KEY: "signing-key"}
+SECRET_KEYS = {K.ENV_REDIS_PASSWORD: "redis-password", K.ENV_SIGNING_KEY: "signing-key",
+               K.ENV_REDIS_TLS_KEY: "redis-tls-key"}
+CA_KEY = "redis-ca"  # the cluster CA (public) kept in the Secret: how a reconnecting driver verifies
+CERT_KEY = "redis-tls-cert"  # the server certificate (public): a replaced server pod gets it back
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
@@ -97,17 +100,28 @@ def _meta(name: str, lbls: dict[str, str], owner: dict[str, Any] | None) -> dict
     return meta
 
 
-def secret(spec: ClusterSpec, secrets: ClusterSecrets) -> dict[str, Any]:
+def secret(spec: ClusterSpec, secrets: ClusterSecrets, tls: Any = None) -> dict[str, Any]:
+    """The cluster's Secret: password, signing key and (with TLS) the server's key and the CA."""
+    data = {
+        SECRET_KEYS[K.ENV_REDIS_PASSWORD]: secrets.redis_password,
+        SECRET_KEYS[K.ENV_SIGNING_KEY]: secrets.signing_key.hex(),
+    }
+    if tls is not None:  # a providers.tls.ClusterTLS
+        data.update({SECRET_KEYS[K.ENV_REDIS_TLS_KEY]: tls.key_pem, CA_KEY: tls.ca_pem, CERT_KEY: tls.cert_pem})
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(secret_name(spec), labels(spec, "secret"), None),
         "type": "Opaque",
-        "stringData": {
-            SECRET_KEYS[K.ENV_REDIS_PASSWORD]: secrets.redis_password,
-            SECRET_KEYS[K.ENV_SIGNING_KEY]: secrets.signing_key.hex(),
-        },
+        "stringData": data,
     }
+
+
+def tls_names(spec: ClusterSpec, namespace: str) -> list[str]:
+    """Every name clients use for the server: the Service in its DNS forms (127.0.0.1, for a
+    port-forward, is in every certificate)."""
+    svc = service_name(spec)
+    return [service_dns(spec, namespace), f"{service_dns(spec, namespace)}.cluster.local", f"{svc}.{namespace}", svc]
 
 
 def env_list(spec: ClusterSpec, env: dict[str, str]) -> list[dict[str, Any]]:

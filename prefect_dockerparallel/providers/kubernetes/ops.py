@@ -16,6 +16,7 @@ from typing import Any
 
 from .azure import AzureCredentials
 from ..base import ProviderError
+from ..readiness import poll
 from .auth import Access, build_access
 
 log = logging.getLogger(__name__)
@@ -240,3 +241,27 @@ def pod_failure(pod: dict[str, Any]) -> str | None:
     if status.get("phase") in ("Failed", "Succeeded"):
         return f"pod {status['phase']}: {status.get('reason', '')} {status.get('message', '')}".rstrip()
     return None
+
+
+def wait_server_pod(api: "Api", namespace: str, name: str, deadline: float, interval: float) -> None:
+    """Until the server pod is ready; a failed pod is an error at once, with its log's tail."""
+    last: dict[str, Any] = {}
+
+    def ready() -> bool:
+        pod = api.get("pods", namespace, name)
+        if pod is None:
+            raise ProviderError(f"server pod {name} was deleted while starting")
+        last["pod"] = pod
+        failure = pod_failure(pod)
+        if failure:
+            tail = api.pod_log(namespace, name, 20).strip()
+            raise ProviderError(f"server pod {name} failed: {failure}" + (f"\n{tail}" if tail else ""))
+        return pod_ready(pod)
+
+    try:
+        poll(ready, deadline - time.monotonic(), f"server pod {name} to be ready", interval)
+    except TimeoutError as exc:
+        conds = [c.get("message") for c in (last.get("pod", {}).get("status", {}).get("conditions") or [])]
+        hint = "; ".join(c for c in conds if c)
+        raise ProviderError(f"{exc}" + (f" ({hint})" if hint else "")) from None
+
