@@ -53,7 +53,8 @@ def one_cluster(client, tracker, image: str, server_image: str) -> dict:
         found = re.search(r"\(([0-9.]+) s in the bootstrap\)", logs)
         return {"join_s": round(joined - started, 2) if joined else None,
                 "bootstrap_s": float(found.group(1)) if found else None,
-                "uploaded": cluster.shipment.uploaded if cluster.shipment else {}}
+                "uploaded": cluster.shipment.uploaded if cluster.shipment else {},
+                "publish_s": round(cluster.shipment.seconds, 3) if cluster.shipment else None}
 
 
 def archive_numbers() -> None:
@@ -100,7 +101,7 @@ def main() -> None:
                 row = one_cluster(client, tracker, image, baked)
                 rows[kind].append(row)
                 print(f"rep {rep} {kind:36s} start -> joined {row['join_s']} s; bootstrap {row['bootstrap_s']} s; "
-                      f"uploaded {row['uploaded']}", flush=True)
+                      f"uploaded {row['uploaded']} in {row['publish_s']} s", flush=True)
     finally:
         left = tracker.cleanup()
         if any(left.values()):

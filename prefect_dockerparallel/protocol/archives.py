@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Shipment:
     uploaded: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the publish (round trips and upload)
 
     @property
     def bytes_uploaded(self) -> int:
@@ -61,7 +63,7 @@ class Shipment:
     def describe(self) -> str:
         sent = ", ".join(f"{n} {b / 1024:.0f} kB" for n, b in self.uploaded.items()) or "nothing"
         kept = ", ".join(self.present) or "none"
-        return f"uploaded {sent}; already in Redis: {kept}"
+        return f"uploaded {sent} in {self.seconds:.2f} s; already in Redis: {kept}"
 
 
 def publish(
@@ -74,6 +76,7 @@ def publish(
 ) -> Shipment:
     """Store the archives (each once: SET NX after an EXISTS, so a present one costs no upload)
     and then the manifest that lists them (workers poll for the manifest)."""
+    started = time.monotonic()
     keys = Keys(cluster)
     out = Shipment()
     for archive in [package, *deps, *([code] if code else [])]:
@@ -92,4 +95,5 @@ def publish(
     }
     body = json.dumps(out.manifest, sort_keys=True).encode()
     client.set(keys.code_manifest, seal(key, MANIFEST_MAGIC, body), ex=BLOB_TTL)
+    out.seconds = time.monotonic() - started
     return out
