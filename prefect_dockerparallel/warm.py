@@ -82,6 +82,10 @@ def detach(cluster: "DockerCluster", pending: tuple[str, str] | None = None) -> 
             except Exception as exc:  # noqa: BLE001 - server gone: nothing to keep alive
                 log.debug("could not renew the lease of %s: %s", cluster.name, exc)
         cluster._stop_threads(fail_pending=False)
+        try:
+            cluster.driver.detached(cluster.spec)
+        except Exception as exc:  # noqa: BLE001 - the lease still ends the cluster
+            log.warning("could not hand the tidying of %s on: %s", cluster.name, exc)
         if listener is not None:
             status, message = pending or ("lost", STOPPED)
             listener.fail_all(message, status=status)

@@ -124,6 +124,10 @@ class Provider(abc.ABC):
         """Secrets of an existing cluster, for `reconnect`; None when they cannot be recovered."""
         return None
 
+    def detached(self, spec: ClusterSpec) -> None:
+        """The driver left a warm cluster running (its lease will stop it): a provider that
+        tidies up after its driver (Docker's janitor) hands that job on. Default: nothing."""
+
     @abc.abstractmethod
     def stop(self, spec: ClusterSpec) -> None:
         """Remove every resource of the cluster (workers, server, per-run networking)."""

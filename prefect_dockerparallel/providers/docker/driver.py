@@ -248,6 +248,13 @@ class DockerDriver(Provider):
         self._stop_janitor(spec.name)
         log.info("cluster %s: removed %d Docker objects", spec.name, len(removed))
 
+    def detached(self, spec: ClusterSpec) -> None:
+        """A warm cluster outlives this driver: its janitor now waits for the lease to end (the
+        server container exits), then removes the stopped containers and the network."""
+        self._stop_janitor(spec.name)
+        if self.janitor:
+            janitor.spawn(spec.name, self.engine, detached=True)
+
     def cleanup(self, cluster_name: str) -> list[str]:
         removed = inventory.cleanup(self.client, cluster_name)
         self._stop_janitor(cluster_name)

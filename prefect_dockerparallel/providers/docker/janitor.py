@@ -57,10 +57,31 @@ def cluster_exists(client: object, cluster: str) -> bool:
     return bool(inventory.containers(client, cluster) or inventory.networks(client, cluster))
 
 
-def run(cluster: str, driver_pid: int, driver_started: str | None, engine: EngineConfig) -> str:
+def _detached_pidfile(cluster: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"dp-janitor-{os.getuid()}-{cluster}.pid"
+
+
+def superseded(cluster: str) -> bool:
+    """A detached janitor hands over to the newest one of its cluster (one per warm cluster, not
+    one per flow run that ever detached from it)."""
+    try:
+        return int(_detached_pidfile(cluster).read_text()) != os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
+def run(cluster: str, driver_pid: int, driver_started: str | None, engine: EngineConfig, detached: bool = False) -> str:
     client = None
     checked = time.monotonic()
-    while driver_alive(driver_pid, driver_started):
+    if detached:
+        path = _detached_pidfile(cluster)
+        fd = os.open(f"{path}.{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(f"{path}.{os.getpid()}", path)  # atomic: older janitors see a newer pid
+    while not detached and driver_alive(driver_pid, driver_started):
         time.sleep(PID_POLL)
         if time.monotonic() - checked > EXISTS_POLL:
             checked = time.monotonic()
@@ -73,6 +94,8 @@ def run(cluster: str, driver_pid: int, driver_started: str | None, engine: Engin
                 client = None
     failing_since: float | None = None
     while True:
+        if detached and superseded(cluster):
+            return "a newer janitor took over"
         try:
             client = client or engine.connect()
             if not cluster_exists(client, cluster):
@@ -90,10 +113,11 @@ def run(cluster: str, driver_pid: int, driver_started: str | None, engine: Engin
         time.sleep(SERVER_POLL)
 
 
-def spawn(cluster: str, engine: EngineConfig) -> subprocess.Popen[bytes]:
-    """Start the janitor of `cluster` for this (driver) process, in a session of its own."""
+def spawn(cluster: str, engine: EngineConfig, detached: bool = False) -> subprocess.Popen[bytes]:
+    """Start the janitor of `cluster` for this (driver) process, in a session of its own;
+    `detached`: for a warm cluster no driver holds, it waits only for the server to stop."""
     config = {"cluster": cluster, "driver_pid": os.getpid(), "driver_started": process_start(os.getpid()),
-              "engine": engine.as_dict()}
+              "engine": engine.as_dict(), "detached": detached}
     package_root = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
@@ -118,7 +142,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s janitor %(message)s")
     config = json.loads(argv[1])
     engine = EngineConfig(**config["engine"])
-    outcome = run(config["cluster"], int(config["driver_pid"]), config.get("driver_started"), engine)
+    detached = bool(config.get("detached"))
+    try:
+        outcome = run(config["cluster"], int(config["driver_pid"]), config.get("driver_started"), engine,
+                      detached=detached)
+    finally:
+        if detached and not superseded(config["cluster"]):
+            _detached_pidfile(config["cluster"]).unlink(missing_ok=True)
     log.info("cluster %s: %s", config["cluster"], outcome)
     return 0
 
