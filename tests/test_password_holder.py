@@ -163,3 +163,16 @@ def test_poison_elements_are_dead_lettered_while_normal_tasks_keep_flowing(caplo
         assert "put 1 element(s) aside" in caplog.text or "element(s) aside" in caplog.text
     finally:
         cluster.stop()
+
+
+def _big(n: int) -> bytes:
+    return b"x" * n
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_a_result_over_max_payload_bytes_fails_clearly_instead_of_being_unreadable():
+    with DockerCluster(workers=1, idle_timeout=30, max_payload_bytes=20_000) as cluster:
+        with cluster.executor() as ex:
+            assert len(ex.submit(_big, 1000).result(timeout=60)) == 1000
+            with pytest.raises(Exception, match="max_payload_bytes=20000"):
+                ex.submit(_big, 50_000).result(timeout=60)

@@ -122,8 +122,9 @@ class WorkerSlot:
 
     def run(self) -> int:
         meta = self.wait_for_driver_meta()
-        if int(meta.get("max_payload_bytes") or 0) > 0:  # never read more than that from Redis
+        if int(meta.get("max_payload_bytes") or 0) > 0:  # never read (or write) more than that
             self.queue.limit_reads(int(meta["max_payload_bytes"]) + ENVELOPE_OVERHEAD)
+            self.signer.max_payload_bytes = int(meta["max_payload_bytes"])  # a result no one could read
         mismatch = check_versions(meta)
         if mismatch:
             msg = f"worker {self.worker_id} refused to join: version mismatch ({mismatch})"
