@@ -101,3 +101,54 @@ def test_two_flows_at_once_share_a_warm_cluster_without_crossing(tmp_path: Path)
         gate.write_text("open")
         b.join(timeout=90)
     assert results["b"] == "b-done"
+
+
+WARM_DRIVER = """
+import time
+from prefect import flow, task
+from prefect.context import FlowRunContext
+from prefect_dockerparallel import DockerParallelTaskRunner
+
+@task
+def forever(x):
+    time.sleep(600)
+
+@flow(task_runner=DockerParallelTaskRunner(workers=2, idle_timeout=5, keep_alive=%d, worker_memory=777))
+def f():
+    futures = forever.map(range(2))
+    cluster = FlowRunContext.get().task_runner.docker_cluster
+    while cluster.worker_numbers().running < 2:
+        time.sleep(0.1)
+    print("CLUSTER", cluster.name, flush=True)
+    futures.wait()
+
+f()
+"""
+
+
+def test_a_sigkilled_driver_leaves_nothing_once_the_lease_ends(tmp_path: Path) -> None:
+    """The dead-man's switch of a warm cluster is its lease: with every driver SIGKILLed, the
+    server and workers stop themselves within keep_alive + 10 s."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import kill_all
+
+    script = tmp_path / "driver.py"
+    script.write_text(WARM_DRIVER % KEEP_ALIVE)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    name = None
+    try:
+        for line in driver.stdout:
+            if line.startswith("CLUSTER "):
+                name = line.split()[1]
+                break
+        assert name and name.startswith("dpw-"), "the driver never reported its warm cluster"
+        assert len(cluster_processes(name)) >= 4
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert wait_until(lambda: not cluster_processes(name), KEEP_ALIVE + 10, interval=0.2), (
+            [p.cmdline() for p in cluster_processes(name)])
+    finally:
+        kill_all(driver, name)
