@@ -19,7 +19,6 @@ from prefect.utilities.annotations import allow_failure, quote, unmapped
 from prefect.utilities.collections import visit_collection
 
 from .container import link as runtime
-from .runner.nested import warn_if_nested_submit_would_deadlock
 from .runner.api_states import ApiStateReporter, current_flow_run_id
 from .runner.futures import Converter, DockerParallelFuture, ResultListener, state_converter
 from .protocol import Signer, TaskQueue
@@ -151,9 +150,6 @@ class DockerParallelTaskRunner(TaskRunner[DockerParallelFuture]):
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
         session = self._ensure_session()
-        link = runtime.worker_link()
-        if link is not None:
-            warn_if_nested_submit_would_deadlock(link, getattr(task, "name", repr(task)))
         task_run_id = uuid.uuid4()
         ident = session.builder.ident(task_run_id)
         wrapped = session.listener.register(ident, session.converter(task, task_run_id))

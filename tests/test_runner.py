@@ -426,33 +426,3 @@ def test_task_logs_and_prints_reach_the_api_like_thread_pool():
     expected = {f"logger line from task {i}" for i in range(3)} | {f"printed line from task {i}" for i in range(3)}
     found = wait_until(lambda: expected <= task_messages(), 30, interval=0.5)
     assert found, f"missing task logs in the API: {sorted(expected - task_messages())}"
-
-
-@task
-def submit_child_without_waiting() -> str:
-    add.submit(1, 2)  # the parent holds the only slot: waiting here would deadlock
-    return "submitted"
-
-
-def test_nested_submit_with_every_slot_busy_warns_in_the_task_run_log():
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    from helpers import wait_until
-
-    @flow(task_runner=runner(workers=1))
-    def f():
-        from prefect.context import FlowRunContext
-
-        assert submit_child_without_waiting.submit().result() == "submitted"
-        return FlowRunContext.get().flow_run.id
-
-    flow_run_id = f()
-
-    def warnings() -> list[str]:
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        return [log.message for log in logs if "worker slots of the cluster are busy" in log.message]
-
-    found = wait_until(warnings, 30, interval=0.5)
-    assert found and "'add'" in found[0] and "all 1 worker slots" in found[0], found

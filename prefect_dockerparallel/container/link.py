@@ -7,6 +7,7 @@ context finds it here and reuses the worker's queue instead of provisioning a cl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..protocol import Signer, TaskQueue
 
@@ -16,6 +17,7 @@ class WorkerLink:
     queue: TaskQueue
     signer: Signer
     worker_id: str
+    lender: Any = None  # container.lending.Lender: a waiting task lends its slot
 
 
 _link: WorkerLink | None = None

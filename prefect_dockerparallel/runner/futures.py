@@ -9,6 +9,7 @@ and `PrefectFutureList` behave exactly as with Prefect's own runners.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectConcurrentFuture
 from prefect.results import ResultRecord
 
+from ..container.link import worker_link
 from ..protocol import KIND_RESULT, EnvelopeError, Signer, TaskQueue
 
 log = logging.getLogger("prefect_dockerparallel.futures")
@@ -29,6 +31,7 @@ log = logging.getLogger("prefect_dockerparallel.futures")
 WAKE_UP = b"wake-up"
 REDIS_DOWN_FAIL_AFTER = 15.0  # seconds without Redis before pending futures fail (never hang)
 Converter = Callable[[str, Any], tuple[bool, Any]]
+_NO_LENDING = contextlib.nullcontext()
 
 
 class WorkerLost(RuntimeError):
@@ -175,14 +178,28 @@ class ResultListener:
 
 
 class DockerParallelFuture(PrefectConcurrentFuture[Any]):
-    """A Prefect future whose wrapped future is resolved with the task's final State."""
+    """A Prefect future whose wrapped future is resolved with the task's final State.
+
+    Waited on inside a worker (a parent task waiting on its child), the waiting slot is lent to
+    a temporary slot for the wait (container/lending.py): nested submits never deadlock."""
+
+    def _lending(self) -> Any:
+        link = worker_link()
+        if link is None or link.lender is None or self._wrapped_future.done():
+            return _NO_LENDING
+        return link.lender.lend()
+
+    def wait(self, timeout: float | None = None) -> None:
+        with self._lending():
+            super().wait(timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
         """As Prefect's, with a fast path for a Completed state that carries its value in memory:
         `State.result()` would hop to Prefect's event-loop thread for every one of 1000 results."""
         if self._final_state is None:
             try:
-                value = self._wrapped_future.result(timeout=timeout)
+                with self._lending():
+                    value = self._wrapped_future.result(timeout=timeout)
             except concurrent.futures.TimeoutError as exc:
                 raise TimeoutError(
                     f"Task run {self.task_run_id} did not complete within {timeout} seconds"
