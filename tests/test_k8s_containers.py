@@ -86,13 +86,21 @@ def test_a_worker_pod_killed_for_memory_is_reported_with_its_reason(
 def whence() -> str:
     import os
 
+    import dp_ship_helper  # a module of the user's, shipped with code_paths
+
     import prefect_dockerparallel
 
-    return f"{prefect_dockerparallel.__file__} {os.environ.get('DOCKERPARALLEL_SHIPPED')}"
+    return f"{prefect_dockerparallel.__file__} {os.environ.get('DOCKERPARALLEL_SHIPPED')} {dp_ship_helper.MARK}"
 
 
-def test_a_stock_prefect_worker_pod_gets_the_package_from_redis(
-    fake_k8s_containers, dev_worker_image: str, test_images: dict  # noqa: F811
+def _helper(tmp_path) -> str:  # noqa: ANN001
+    path = tmp_path / "dp_ship_helper.py"
+    path.write_text("MARK = 'helper-from-redis'\n")
+    return str(path)
+
+
+def test_a_stock_prefect_worker_pod_gets_the_package_and_code_from_redis(
+    fake_k8s_containers, dev_worker_image: str, test_images: dict, tmp_path  # noqa: F811
 ) -> None:
     """Zero-build workers on Kubernetes: the worker pod's image has Prefect but not this
     package; its command (the inline bootstrap) fetches the package from the cluster's Redis."""
@@ -100,8 +108,10 @@ def test_a_stock_prefect_worker_pod_gets_the_package_from_redis(
 
     driver = make_driver(fake_k8s_containers, start_timeout=90)
     container = ContainerSpec(image=image_of(test_images, "prefect"), server_image=dev_worker_image,
-                              workers_per_container=1, install_self=None)
+                              workers_per_container=1, install_self=None,
+                              code_paths=(_helper(tmp_path),))
     with DockerCluster(provider=driver, container=container, workers=1, worker_cpu=1024, worker_memory=MEMORY_MB,
                        idle_timeout=20) as cluster:
         got = cluster.executor().submit(whence).result(timeout=180)
-        assert got.startswith("/tmp/dp-ship-") and "prefect_dockerparallel=" in got, got
+        assert got.startswith("/tmp/dp-ship-") and "prefect_dockerparallel=" in got and "user-code=" in got, got
+        assert got.endswith("helper-from-redis"), got
