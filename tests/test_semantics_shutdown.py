@@ -83,3 +83,25 @@ def test_a_flow_that_raises_stops_promptly_and_its_running_task_ends_cancelled(t
     assert running.state.is_cancelled(), running.state
     assert "ended before this task finished" in running.state.message
     assert api_state_type(running.task_run_id, StateType.CANCELLED) == StateType.CANCELLED
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_a_flow_that_times_out_stops_promptly(tmp_path):
+    """Ours only (ThreadPool would wait the full 60 s for its thread): the flow run ends TimedOut
+    within seconds and its running task ends Cancelled, saying why."""
+    marker = str(tmp_path / "started")
+    FUTURES.clear()
+
+    @flow(task_runner=DockerParallelTaskRunner(workers=1), timeout_seconds=8)
+    def f():
+        FUTURES[:] = [slow.submit(marker, 60)]
+        # Polls rather than blocks: under pytest-timeout's SIGALRM, Prefect's timeout falls back
+        # to interrupting the flow's thread between bytecodes, which a blocked wait never reaches.
+        wait_until(lambda: False, 120, interval=0.1)
+
+    started = time.monotonic()
+    state = f(return_state=True)
+    assert state.name == "TimedOut", state
+    assert time.monotonic() - started < 45
+    (running,) = FUTURES
+    assert running.state.is_cancelled() and "TimedOut" in running.state.message, running.state
