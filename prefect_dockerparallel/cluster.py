@@ -109,10 +109,17 @@ class DockerCluster:
             raise ValueError(f"keep_alive={keep_alive!r} is invalid: give the seconds a warm cluster stays up "
                              "after its last flow run, a number > 0 (or None to tear down at once)")
         self.keep_alive = float(keep_alive) if keep_alive else None
+        self._prepared: Any = None
         if self.keep_alive and name is None:
             from .warm import warm_cluster_name
 
-            self.spec = dataclasses.replace(self.spec, name=warm_cluster_name(self.spec, self.keep_alive, self.driver.kind))
+            # Workers of a warm cluster bootstrapped with the code of the run that started them:
+            # other code (the package's sources, the user's modules) must get another cluster.
+            self._prepare_shipping()
+            shipped = self._prepared.digests() if self._prepared is not None else ()
+            self.spec = dataclasses.replace(
+                self.spec, name=warm_cluster_name(self.spec, self.keep_alive, self.driver.kind, shipped)
+            )
         if self.keep_alive:
             stop_on_exit = False  # a warm cluster outlives this object; its lease stops it
         self.driver.validate(self.spec)
@@ -128,7 +135,6 @@ class DockerCluster:
         self.listener: ResultListener | None = None
         self.extra_meta: dict[str, str] = {}
         self.shipment: Any = None  # what the last publish of worker code sent (shipping.Shipment)
-        self._prepared: Any = None
         self.started_at: float | None = None
         self._beat_stop = threading.Event()
         self._beat: threading.Thread | None = None

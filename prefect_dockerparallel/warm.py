@@ -27,14 +27,17 @@ if TYPE_CHECKING:
 WARM_PREFIX = "dpw"
 
 
-def warm_cluster_name(spec: ClusterSpec, keep_alive: float, provider_kind: str) -> str:
-    """`dpw-<10 hex>` from the spec without its name and flow run (those differ per run)."""
+def warm_cluster_name(spec: ClusterSpec, keep_alive: float, provider_kind: str, shipped: tuple[str, ...] = ()) -> str:
+    """`dpw-<10 hex>` from the spec without its name and flow run (those differ per run), and
+    the digests of the code archives its workers bootstrap with (`shipping`), if any."""
     from . import __version__
     from .protocol.queue import versions
 
     shape = dataclasses.asdict(dataclasses.replace(spec, name="x", flow_run_id=None))
     identity = {"spec": shape, "keep_alive": keep_alive, "provider": provider_kind,
                 "package": __version__, "versions": versions()}
+    if shipped:
+        identity["shipped"] = list(shipped)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return f"{WARM_PREFIX}-{digest[:10]}"
 

@@ -206,3 +206,31 @@ def test_a_flow_file_prefect_loaded_by_path_ships_as_one_module(tmp_path: Path) 
     flow_module.__file__ = str(project / "flow.py")
     flow_module.__path__ = [str(project), str(tmp_path)]
     assert U.detect({"flow": flow_module}) == [U.Unit("flow.py", project / "flow.py")]
+
+
+class _RemoteStub:
+    """Just enough of a remote provider for a DockerCluster to name itself."""
+
+    kind = "stub"
+    is_remote = True
+
+    def validate(self, spec) -> None:  # noqa: ANN001
+        pass
+
+
+def test_a_warm_cluster_name_changes_with_the_code_its_workers_run(tmp_path: Path) -> None:
+    from prefect_dockerparallel.cluster import DockerCluster
+    from prefect_dockerparallel.providers.base import Provider
+
+    stub = type("Stub", (_RemoteStub, Provider), {n: lambda *a, **k: None for n in Provider.__abstractmethods__})()
+    helper = tmp_path / "helper_mod.py"
+    helper.write_text("X = 1\n")
+    container = ContainerSpec(image="img", code_paths=(str(helper),), ship_code=False)
+
+    def name() -> str:
+        return DockerCluster(provider=stub, container=container, workers=1, keep_alive=60).name
+
+    first = name()
+    assert name() == first
+    helper.write_text("X = 2\n")
+    assert name() != first

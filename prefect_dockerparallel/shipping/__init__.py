@@ -27,6 +27,10 @@ class Prepared:
     deps: tuple[Archive, ...]
     code: Archive | None
 
+    def digests(self) -> tuple[str, ...]:
+        """What the workers will run: equal digests, equal code (a warm cluster's identity)."""
+        return tuple(a.digest for a in (self.package, *self.deps, *([self.code] if self.code else [])))
+
 
 def prepare(container: ContainerSpec) -> Prepared | None:
     """The archives this container's bootstrap needs; None when it does not use the bootstrap."""
