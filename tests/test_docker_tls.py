@@ -187,6 +187,12 @@ def test_the_server_refuses_clients_without_the_cluster_ca_and_has_no_plaintext_
         probe = server.exec_run(["redis-cli", "-p", "6379", "PING"])
         assert b"PONG" not in probe.output, probe.output
         assert b"dp-tls-" not in server.exec_run(["ls", "-a", "/dev/shm", "/tmp"]).output
+        # the password alone does not take the server over (issue 17): the same lockdown as locally
+        locked = connect(at.host, at.port, password, ca_pem=ca)
+        for command in (("MODULE", "LOAD", "/tmp/x.so"), ("CONFIG", "SET", "dir", "/tmp"), ("DEBUG", "SLEEP", "0"),
+                        ("SAVE",), ("BGSAVE",), ("FLUSHALL",)):
+            with pytest.raises(redis.ResponseError):
+                locked.execute_command(*command)
         # workers verify too: the one worker joined over TLS
         assert wait_until(lambda: cluster.worker_numbers().running == 1, 90), cluster.worker_numbers()
         with cluster.executor() as ex:

