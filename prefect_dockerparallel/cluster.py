@@ -1,9 +1,8 @@
 """DockerCluster: the seed's cluster lifecycle, provider-agnostic.
 
 start / stop / start_server / stop_server / is_server_running / set_worker_number /
-worker_numbers / update / exists / reconnect / stop_on_exit, plus the driver's heartbeat thread,
-which keeps the dead-man's switch alive, re-queues the tasks of workers whose lease expired, fails
-the ones that ran out of attempts with a message naming the worker, and heals lost containers.
+worker_numbers / update / exists / reconnect / stop_on_exit, plus the driver's heartbeat thread
+(driver_beat.py: the dead-man's switch, the reaper of lost workers' tasks, healing).
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from typing import Any
 
 from .adaptive import AdaptivePolicy, Autoscaler
 from .runner.futures import ResultListener
-from .protocol import KIND_RESULT, KIND_TASK, EnvelopeError, Signer, TaskQueue, connect
-from .protocol.limits import ENVELOPE_OVERHEAD
-from .protocol import keys as K
+from .protocol import Signer, TaskQueue, connect
 from .protocol.blobs import BlobStore
 from .protocol.queue import versions
 from .providers.base import Provider
@@ -371,76 +368,13 @@ class DockerCluster:
             self.start()
         return ClusterExecutor(self)
 
-    # -- driver heartbeat, reaper, healing -------------------------------------------------
+    # -- driver heartbeat, reaper, healing (driver_beat.py) ----------------------------------
     def _heartbeat_loop(self) -> None:
-        interval = min(self.spec.idle_timeout / 4, 2.0)
-        last_heal = time.monotonic()
-        while not self._beat_stop.wait(interval):
-            try:
-                self._beat_once()
-                self._adapt()
-                if self.heal and time.monotonic() - last_heal > 10:
-                    last_heal = time.monotonic()
-                    self.update()
-            except Exception as exc:  # noqa: BLE001 - keep beating through transient errors
-                log.warning("driver heartbeat of %s failed: %s", self.name, exc)
-                self._fail_if_server_gone()
+        from .driver_beat import heartbeat_loop
+
+        heartbeat_loop(self)
 
     def _beat_once(self) -> None:
-        queue, signer, listener = self.queue, self.signer, self.listener
-        if queue is None or signer is None or listener is None:
-            return
-        queue.beat_driver(self.lease_ttl)
-        if not queue.read_meta():
-            listener.fail_all("the cluster's Redis server lost its data (it restarted); the task did not finish")
-            queue.publish_meta(self._meta())
-        for r in queue.requeue_expired(self.spec.max_attempts, self.spec.max_payload_bytes + ENVELOPE_OVERHEAD):
-            _, task_id, reply_to = K.split_ident(r.ident)
-            why = self._why_lost(r.worker_id)
-            if not r.exhausted:
-                log.warning("worker %s was lost%s; task %s re-queued", r.worker_id, why, task_id)
-                continue
-            try:  # act only on signed data: an element forged with the password names no task
-                env = signer.open(r.envelope or b"", check_expiry=False)
-                if env.kind != KIND_TASK:
-                    raise EnvelopeError(f"unexpected envelope kind {env.kind!r}")
-            except EnvelopeError as exc:
-                log.error("dropped an element claimed by lost worker %s: %s", r.worker_id, exc)
-                continue
-            _, task_id, reply_to = K.split_ident(env.ident)
-            attempts = self.spec.max_attempts
-            msg = f"task {task_id} was lost with worker {r.worker_id} after {attempts} attempt{'s' * (attempts != 1)}{why}"
-            log.error(msg)
-            queue.push_result(reply_to, signer.dumps(KIND_RESULT, env.ident, ("lost", msg)))
-        for err in queue.errors():  # escaped by the queue: no forged log lines
-            log.error("%s", err)
-        dead = queue.dead_lettered()
-        if dead > self.dead_lettered:
-            latest = queue.dead_letters()[-1:] or [""]
-            log.error(
-                "cluster %s put %d element(s) aside that no worker may run (%d in all; see %s): %s",
-                self.name, dead - self.dead_lettered, dead, queue.keys.deadletter, latest[0][:300],
-            )
-            self.dead_lettered = dead
+        from .driver_beat import beat_once
 
-    def _fail_if_server_gone(self) -> None:
-        """Redis does not answer: if the provider knows its server is gone for good (an exited
-        container), fail the pending tasks now rather than after the listener's patience."""
-        try:
-            reason = self.driver.server_lost_reason(self.spec)
-        except Exception as exc:  # noqa: BLE001 - the listener's own timeout still applies
-            log.debug("could not tell whether the server of %s is gone: %s", self.name, exc)
-            return
-        listener = self.listener
-        if reason and listener is not None:
-            log.error("cluster %s: the Redis server is gone: %s", self.name, reason)
-            listener.fail_all(f"the cluster's Redis server is gone: {reason}")
-
-    def _why_lost(self, worker_id: str) -> str:
-        """The provider's account of a lost worker's container (out of memory, killed), if any."""
-        try:
-            reason = self.driver.lost_worker_reason(self.spec, worker_id)
-        except Exception as exc:  # noqa: BLE001 - an explanation must never stop the reaper
-            log.debug("could not explain the loss of worker %s: %s", worker_id, exc)
-            return ""
-        return f": {reason}" if reason else ""
+        beat_once(self)

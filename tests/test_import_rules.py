@@ -56,6 +56,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "prefect_dockerparallel.executor": CLOUD_SDKS,
     "prefect_dockerparallel.adaptive": (*CLOUD_SDKS, "prefect", "redis"),  # a pure policy
     "prefect_dockerparallel.warm": CLOUD_SDKS,
+    "prefect_dockerparallel.driver_beat": CLOUD_SDKS,
     "prefect_dockerparallel.settings": CLOUD_SDKS,
     "prefect_dockerparallel.cli": (*CLOUD_SDKS, "prefect"),
 }
