@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/docker_cluster.py                 # N=500, 2 workers, one repetition
     .venv/bin/python bench/docker_cluster.py --n 1000 --reps 2
+    .venv/bin/python bench/docker_cluster.py --only docker,docker-plain   # TLS (default) vs tls=False
 
 Needs a Docker engine and the test images (`python scripts/prepare_docker.py`). Every runner gets
 2 workers: DockerProvider as 2 single-slot worker containers (the test worker image with this
@@ -31,6 +32,7 @@ import _common  # noqa: E402
 import throughput  # noqa: E402
 
 RUNNERS = ("local", "docker", "dask")
+KINDS = (*RUNNERS, "docker-plain")  # docker-plain: DockerProvider(tls=False), for the TLS cost
 
 
 def docker_parts(client, tracker) -> dict:
@@ -49,9 +51,12 @@ def make_runner(kind: str, workers: int, parts: dict | None):
         return throughput.make_runner("ours", workers)
     if kind == "dask":
         return throughput.make_runner("dask", workers)
-    from prefect_dockerparallel import DockerParallelTaskRunner
+    from prefect_dockerparallel import DockerParallelTaskRunner, DockerProvider
 
-    return DockerParallelTaskRunner(workers=workers, **(parts or {}))
+    parts = dict(parts or {})
+    if kind == "docker-plain":
+        parts["provider"] = DockerProvider(start_timeout=60, tls=False)
+    return DockerParallelTaskRunner(workers=workers, **parts)
 
 
 def join_times(client, parts: dict, workers: int) -> list[float]:
@@ -79,7 +84,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default=",".join(RUNNERS), help="comma list of " + ",".join(RUNNERS))
+    parser.add_argument("--only", default=",".join(RUNNERS), help="comma list of " + ",".join(KINDS))
     args = parser.parse_args()
 
     import docker
@@ -107,7 +112,7 @@ def main() -> None:
 
 def run_all(args: argparse.Namespace, client, tracker) -> None:
     kinds = [k for k in args.only.split(",") if k]
-    parts = docker_parts(client, tracker) if "docker" in kinds else None
+    parts = docker_parts(client, tracker) if any(k.startswith("docker") for k in kinds) else None
     print(f"Prefect API {os.environ['PREFECT_API_URL']}; N={args.n}; workers={args.workers}; "
           f"cpus={os.cpu_count()}", flush=True)
 
@@ -121,7 +126,7 @@ def run_all(args: argparse.Namespace, client, tracker) -> None:
                 print(f"rep {rep} {kind:7s} cold start {row['cold_start_from_enter_s']:5.2f} s from runner enter; "
                       f"map {row['map_tasks_per_s']:7.1f} tasks/s ({row['map_seconds']:.2f} s); "
                       f"teardown {row['teardown_s']:.2f} s", flush=True)
-            if parts is not None:
+            if "docker" in kinds:
                 joins = join_times(client, parts, args.workers)
                 rows.append({"runner": "join", "joins": joins})
                 print(f"rep {rep} docker  container start -> worker joined: {joins} s", flush=True)
