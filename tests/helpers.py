@@ -71,9 +71,10 @@ class RedisServer:
         return connect("127.0.0.1", self.port, self.password if password == "__default__" else password)
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        from prefect_dockerparallel.container.server import stop_redis
+
+        if self.proc:
+            stop_redis(self.proc, timeout=0)
 
 
 def kill_a_busy_worker(cluster) -> str:

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from prefect_dockerparallel import DockerCluster
-from prefect_dockerparallel.container.server import find_redis_server, start_redis, wait_ready
+from prefect_dockerparallel.container.server import find_redis_server, start_redis, stop_redis, wait_ready
 from prefect_dockerparallel.protocol.queue import connect
 from prefect_dockerparallel.providers.local import free_port
 
@@ -63,8 +63,8 @@ def test_password_holder_commands_are_refused_and_nothing_is_loaded_or_written(b
         assert workdir != str(tmp_path) and stat.S_IMODE(os.stat(workdir).st_mode) == 0o700
         assert os.listdir(workdir) == [] and os.listdir(tmp_path) == []
     finally:
-        proc.kill()
-        proc.wait()
+        stop_redis(proc, timeout=0)
+    assert not os.path.exists(workdir)  # the private folder goes with the server
 
 
 def test_a_local_cluster_loads_no_dump_from_the_working_directory(tmp_path, monkeypatch):

@@ -160,7 +160,23 @@ def start_redis(
     assert proc.stdin is not None
     proc.stdin.write(redis_config(port, password, bind, tls, workdir).encode())
     proc.stdin.close()
+    proc.workdir = workdir  # type: ignore[attr-defined]  # removed by stop_redis
     return proc
+
+
+def stop_redis(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM (Redis's SHUTDOWN; nothing to persist), SIGKILL after `timeout`; then remove its
+    private working folder."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    workdir = getattr(proc, "workdir", None)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def wait_ready(client: redis.Redis, proc: subprocess.Popen[bytes], deadline_s: float = 20) -> None:
@@ -232,12 +248,7 @@ def main() -> int:
             # for all they know: they would keep their task for idle_timeout).
             time.sleep(3 * K.HEARTBEAT_INTERVAL)
     finally:
-        proc.terminate()  # redis-server treats SIGTERM as SHUTDOWN (no persistence configured)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_redis(proc)
     return 0
 
 
