@@ -82,6 +82,14 @@ def detach(cluster: "DockerCluster", pending: tuple[str, str] | None = None) -> 
         if queue is not None:
             try:
                 queue.beat_driver(cluster.keep_alive or cluster.spec.idle_timeout)
+                scaler = cluster.autoscaler
+                if scaler is not None:  # no run drives the scaler while detached: idle at the minimum
+                    joined, busy = queue.slot_usage()
+                    surplus = joined - max(scaler.policy.min_workers, busy)
+                    if surplus > 0 and queue.pending() == 0:
+                        queue.cancel_retirement()
+                        queue.retire(surplus)  # idle slots leave; another run's busy ones finish first
+                        cluster.expected = joined - surplus
             except Exception as exc:  # noqa: BLE001 - server gone: nothing to keep alive
                 log.debug("could not renew the lease of %s: %s", cluster.name, exc)
         cluster._stop_threads(fail_pending=False)

@@ -37,7 +37,17 @@ def _runner(**extra) -> DockerParallelTaskRunner:
 
 
 def _worker_pids(name: str) -> set[int]:
-    return {p.pid for p in cluster_processes(name) if "container.worker" in " ".join(p.cmdline())}
+    """Live worker processes of the cluster (a retired worker may be a zombie until reaped)."""
+    import psutil
+
+    pids = set()
+    for proc in cluster_processes(name):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "container.worker" in " ".join(proc.cmdline()):
+                pids.add(proc.pid)
+        except psutil.Error:
+            continue  # exited meanwhile
+    return pids
 
 
 def test_runs_2_and_3_attach_to_the_warm_cluster_and_it_stops_keep_alive_after_the_last() -> None:
@@ -152,3 +162,24 @@ def test_a_sigkilled_driver_leaves_nothing_once_the_lease_ends(tmp_path: Path) -
             [p.cmdline() for p in cluster_processes(name)])
     finally:
         kill_all(driver, name)
+
+
+def test_an_adaptive_warm_cluster_idles_at_min_workers_between_runs() -> None:
+    """With min_workers=0, the workers a run scaled up to leave when it detaches (they retire when
+    idle), and the next run attaches to the warm server and scales up again from zero."""
+
+    @flow(task_runner=DockerParallelTaskRunner(min_workers=0, max_workers=2, scale_down_after=60,
+                                               idle_timeout=5, keep_alive=KEEP_ALIVE))
+    def adaptive_doubles(n: int) -> tuple[str, list[int]]:
+        from prefect.context import FlowRunContext
+
+        values = double.map(range(n)).result()
+        return FlowRunContext.get().task_runner.docker_cluster.name, values
+
+    name, values = adaptive_doubles(8)
+    assert values == [2 * i for i in range(8)]
+    assert wait_until(lambda: not _worker_pids(name), 30), "the idle workers did not retire at detach"
+    assert cluster_processes(name)  # the warm server is still there
+    again, values = adaptive_doubles(5)
+    assert again == name and values == [2 * i for i in range(5)]
+    assert wait_until(lambda: not cluster_processes(name), KEEP_ALIVE + 10), cluster_processes(name)
