@@ -53,12 +53,23 @@ def test_exception_with_an_unpicklable_attribute_keeps_type_message_and_tracebac
         assert "lock could not be pickled" in text
 
 
+def _refuse_to_rebuild(message: str) -> BaseException:
+    raise TypeError(f"NoRebuild cannot be rebuilt from {message!r}")
+
+
 class NoRebuild(Exception):
-    """Pickles, but its constructor needs a keyword the pickle does not carry."""
+    """Pickles, but cannot be unpickled (as pydantic's errors): its reduction's callable refuses.
+
+    A keyword-only constructor alone is not enough once any test has imported `distributed`
+    (prefect-dask): its tblib `pickling_support.install()` re-registers every exception class in
+    copyreg and rebuilds such "busted" ones with `cls.__new__`, for the rest of the process."""
 
     def __init__(self, *, reason: str):
         super().__init__(reason)
         self.lock = threading.Lock()
+
+    def __reduce__(self):  # what pickle, cloudpickle and tblib's reducer all call
+        return (_refuse_to_rebuild, (str(self),))
 
 
 def test_an_exception_that_cannot_be_rebuilt_becomes_a_remote_task_error_with_its_text():
