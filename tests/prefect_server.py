@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +91,7 @@ def stop_server(server: PrefectServer) -> None:
             except ProcessLookupError:
                 pass
             server.process.wait(timeout=10)
+    shutil.rmtree(server.home, ignore_errors=True)  # its database and log: nothing left in the temp dir
 
 
 def shared_server(timeout: float = 90.0) -> PrefectServer:
