@@ -146,8 +146,9 @@ def start_server(timeout: float = 90.0, ui: bool = False) -> PrefectServer:
         except httpx.HTTPError:
             pass
         time.sleep(0.25)  # polling interval while waiting for the port, not synchronisation
+    tail = (home / "server.log").read_text()[-3000:]  # before stop_server removes the home
     stop_server(server)
-    raise RuntimeError(f"prefect server did not answer within {timeout}s: {(home / 'server.log').read_text()[-3000:]}")
+    raise RuntimeError(f"prefect server did not answer within {timeout}s: {tail}")
 
 
 @pytest.fixture(scope="module")
