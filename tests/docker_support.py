@@ -208,7 +208,18 @@ def docker_cluster_kwargs(tracker: Any, image: str, slots: int = 1, **extra: Any
 
 def cluster_objects(client: Any, cluster: str) -> dict[str, list[str]]:
     """Names of every container, network and volume labelled with `cluster` (none means clean)."""
+    import docker.errors
+
     labels = {"label": f"dockerparallel-cluster={cluster}"}
+    for _ in range(20):  # an object removed between the list and its inspect: look again
+        try:
+            return _objects(client, labels)
+        except docker.errors.NotFound:
+            continue
+    return _objects(client, labels)
+
+
+def _objects(client: Any, labels: dict) -> dict[str, list[str]]:
     return {
         "containers": [c.name for c in client.containers.list(all=True, filters=labels)],
         "networks": [n.name for n in client.networks.list(filters=labels)],
