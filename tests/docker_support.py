@@ -29,7 +29,7 @@ import sys
 import tarfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import cloudpickle
 import pytest
@@ -122,6 +122,25 @@ def bridge_gateway(client: Any) -> str:
     return str(next(subnet.hosts()))
 
 
+def pump(src: socket.socket, dst: socket.socket, seen: Callable[[bytes], None] | None = None) -> None:
+    """Copy bytes from `src` to `dst` until either side closes (showing each chunk to `seen`),
+    then close both: one direction of a relay."""
+    try:
+        while data := src.recv(65536):
+            if seen is not None:
+                seen(data)
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
 class TcpRelay:
     """Relays connections from `host:<free port>` to 127.0.0.1:`target_port`, byte for byte
     (HTTP and websockets alike), on daemon threads: the session's Prefect server listens on
@@ -146,22 +165,7 @@ class TcpRelay:
                 continue
             outbound.settimeout(None)
             for src, dst in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+                threading.Thread(target=pump, args=(src, dst), daemon=True).start()
 
     def close(self) -> None:
         self.listener.close()

@@ -21,7 +21,7 @@ import redis
 from prefect import flow, task
 
 from containers import docker_engine, docker_tracker, test_images  # noqa: F401
-from docker_support import container_api, dev_worker_image, docker_cluster_kwargs, ship_by_value  # noqa: F401
+from docker_support import container_api, dev_worker_image, docker_cluster_kwargs, pump, ship_by_value  # noqa: F401
 from helpers import wait_until
 
 from prefect_dockerparallel import DockerCluster, DockerParallelTaskRunner
@@ -63,23 +63,11 @@ class RecordingProxy:
             outbound.settimeout(None)
             self.connections += 1
             for src, dst in ((inbound, outbound), (outbound, inbound)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=pump, args=(src, dst, self._record), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                with self._lock:
-                    self.captured += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+    def _record(self, data: bytes) -> None:
+        with self._lock:
+            self.captured += data
 
     def close(self) -> None:
         self.listener.close()
