@@ -59,11 +59,7 @@ def lent_slot_class() -> Any:
                 self._stop.set()
                 self._exited.set()
                 self.prefect.close()
-                try:
-                    self.queue.release(self.worker_id)
-                    self.queue.leave(self.worker_id)
-                except Exception:  # noqa: BLE001 - server already gone
-                    pass
+                self._leave_cluster()
             return 0
 
     return LentSlot

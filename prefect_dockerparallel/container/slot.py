@@ -160,13 +160,17 @@ class WorkerSlot:
             self._exited.set()
             self.prefect.flush()
             self.prefect.close()
-            try:
-                self.queue.release(self.worker_id)
-                self.queue.leave(self.worker_id)
-            except Exception:  # noqa: BLE001 - server already gone
-                pass
+            self._leave_cluster()
         log.info("worker %s exiting: %s", self.worker_id, self.stop_reason)
         return 0
+
+    def _leave_cluster(self) -> None:
+        """Hand back what this slot still holds and leave the cluster's worker set."""
+        try:
+            self.queue.release(self.worker_id)
+            self.queue.leave(self.worker_id)
+        except Exception:  # noqa: BLE001 - server already gone
+            pass
 
     def handle(self, envelope: bytes, prechecked: bool = False) -> bytes | None:
         """Run one envelope; returns the next one when the ack could claim it in passing.
