@@ -10,6 +10,34 @@ import psutil
 
 T = TypeVar("T")
 
+_DRIVER_SCRIPT = """\
+import time
+from prefect import flow, task
+from prefect.context import FlowRunContext
+from prefect_dockerparallel import DockerParallelTaskRunner
+
+@task
+def forever(x):
+    time.sleep(600)
+
+@flow(task_runner=DockerParallelTaskRunner(workers=2, idle_timeout=5{extra}))
+def f():
+    futures = forever.map(range({tasks}))
+    cluster = FlowRunContext.get().task_runner.docker_cluster
+    while cluster.worker_numbers().running < 2:
+        time.sleep(0.1)
+    print("CLUSTER", cluster.name, flush=True)
+    futures.wait()
+
+f()
+"""
+
+
+def driver_script(extra: str = "", tasks: int = 4) -> str:
+    """A flow runner to SIGKILL: 2 workers busy with `tasks` endless tasks; it prints
+    `CLUSTER <name>` once both workers run. `extra`: more runner arguments (", keep_alive=8")."""
+    return _DRIVER_SCRIPT.format(extra=extra, tasks=tasks)
+
 
 def wait_until(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> T:
     """Poll `predicate` until it is truthy or `timeout` passes; returns its last value."""

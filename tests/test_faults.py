@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 from prefect import flow, task
 from prefect.context import FlowRunContext
 
-from helpers import cluster_processes, kill_a_busy_worker, kill_all, wait_until
+from helpers import cluster_processes, driver_script, kill_a_busy_worker, kill_all, wait_until
 from prefect_dockerparallel import DockerParallelTaskRunner
 
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
@@ -58,34 +57,9 @@ def test_task_whose_attempts_are_spent_ends_crashed_naming_the_worker():
     assert killed in message and "lost with worker" in message
 
 
-DRIVER_SCRIPT = textwrap.dedent(
-    """
-    import sys, time
-    from prefect import flow, task
-    from prefect.context import FlowRunContext
-    from prefect_dockerparallel import DockerParallelTaskRunner
-
-    @task
-    def forever(x):
-        time.sleep(600)
-
-    @flow(task_runner=DockerParallelTaskRunner(workers=2, idle_timeout=5))
-    def f():
-        futures = forever.map(range(4))
-        cluster = FlowRunContext.get().task_runner.docker_cluster
-        while cluster.worker_numbers().running < 2:
-            time.sleep(0.1)
-        print("CLUSTER", cluster.name, flush=True)
-        futures.wait()
-
-    f()
-    """
-)
-
-
 def test_driver_sigkilled_leaves_no_process_after_idle_timeout(tmp_path):
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER_SCRIPT)
+    script.write_text(driver_script())
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         name = None

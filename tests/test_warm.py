@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from helpers import cluster_processes, wait_until
+from helpers import cluster_processes, driver_script, wait_until
 from prefect_dockerparallel import DockerCluster, DockerParallelTaskRunner
 
 pytestmark = pytest.mark.usefixtures("prefect_server_session", "no_leftover_processes")
@@ -113,29 +113,6 @@ def test_two_flows_at_once_share_a_warm_cluster_without_crossing(tmp_path: Path)
     assert results["b"] == "b-done"
 
 
-WARM_DRIVER = """
-import time
-from prefect import flow, task
-from prefect.context import FlowRunContext
-from prefect_dockerparallel import DockerParallelTaskRunner
-
-@task
-def forever(x):
-    time.sleep(600)
-
-@flow(task_runner=DockerParallelTaskRunner(workers=2, idle_timeout=5, keep_alive=%d, worker_memory=777))
-def f():
-    futures = forever.map(range(2))
-    cluster = FlowRunContext.get().task_runner.docker_cluster
-    while cluster.worker_numbers().running < 2:
-        time.sleep(0.1)
-    print("CLUSTER", cluster.name, flush=True)
-    futures.wait()
-
-f()
-"""
-
-
 def test_a_sigkilled_driver_leaves_nothing_once_the_lease_ends(tmp_path: Path) -> None:
     """The dead-man's switch of a warm cluster is its lease: with every driver SIGKILLed, the
     server and workers stop themselves within keep_alive + 10 s."""
@@ -146,7 +123,7 @@ def test_a_sigkilled_driver_leaves_nothing_once_the_lease_ends(tmp_path: Path) -
     from helpers import kill_all
 
     script = tmp_path / "driver.py"
-    script.write_text(WARM_DRIVER % KEEP_ALIVE)
+    script.write_text(driver_script(f", keep_alive={KEEP_ALIVE}, worker_memory=777", tasks=2))
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     name = None
     try:
